@@ -1,0 +1,190 @@
+"""``python -m ingest`` (also the ``ingest`` console script): the operator's commands.
+
+Exit codes: 0 success · 2 bad input (config, arguments; nothing was started) ·
+3 partial failure (some reports or partitions failed; the rest landed) · 4 total failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from ingest.config import PipelineConfig, check_account, load_config
+from ingest.errors import ConfigError
+from ingest.job import EXIT_FAILED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
+from ingest.logging import configure_logging
+
+SANDBOX_TOKENS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
+
+
+class UsageError(ConfigError):
+    pass
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ingest",
+        description="Fetch ad-platform reports into GCS, load and aggregate them in BigQuery, publish to the RDB.",
+        epilog="Exit codes: 0 success, 2 bad input (nothing started), 3 partial failure, 4 total failure.",
+    )
+    p.add_argument("--config", default=None, help="config YAML (default: $INGEST_CONFIG or config/local.yaml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the nightly job: every media and account for one date",
+                         description="Fetch every configured media and account for one date (default: yesterday in the "
+                                     "configured time zone), then load, aggregate and publish. Reports already done for "
+                                     "that date are skipped, so running it again after a crash resumes.")
+    run.add_argument("--date", type=_date, help="report date YYYY-MM-DD (default: yesterday)")
+    run.add_argument("--force", action="store_true", help="re-fetch reports already done (idempotent: nothing duplicates)")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    rerun = sub.add_parser("rerun", help="re-run one media for one date (and account), or only what failed",
+                           description="Re-fetch exactly one media for one date (optionally one account), then re-load and "
+                                       "re-aggregate only the affected partitions. Other media are untouched.")
+    rerun.add_argument("--media", help="media name as in the config")
+    rerun.add_argument("--date", type=_date, help="report date YYYY-MM-DD")
+    rerun.add_argument("--account", help="only this account id")
+    rerun.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    sb = sub.add_parser("sandbox", help="start/stop the local stack (fake-gcs-server, bqemulator, API simulators)")
+    sb.add_argument("action", choices=["up", "down", "status"])
+
+    demo = sub.add_parser("demo", help="start the local stack and run the whole pipeline for one date (make demo)")
+    demo.add_argument("--date", type=_date, help="report date (default: yesterday)")
+    return p
+
+
+def _validate_date(cfg: PipelineConfig, day: date) -> date:
+    if day > cfg.today():
+        raise UsageError(f"--date {day} is in the future (today in {cfg.timezone} is {cfg.today()})")
+    return day
+
+
+def _media_arg(cfg: PipelineConfig, media: str | None) -> list[str]:
+    if media is None:
+        return cfg.media_names()
+    if media not in cfg.media:
+        raise UsageError(f"unknown media {media!r} (configured: {', '.join(cfg.media)})")
+    return [media]
+
+
+def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None:
+    stage2 = report.stage2
+    doc: dict[str, Any] = {
+        "run_id": report.run_id,
+        "outcome": report.outcome,
+        "exit_code": report.exit_code,
+        "fetch_seconds": round(report.fetch_s, 2),
+        "stage2_seconds": round(report.stage2_s, 2),
+        "media": {m: vars(s) for m, s in report.media.items()},
+        "rows_loaded": stage2.rows_loaded if stage2 else 0,
+        "summary_rows_published": dict(stage2.published) if stage2 else {},
+        "bigquery_jobs": stage2.bq_jobs if stage2 else 0,
+        "failures": [{**f, "date": str(f["date"])} for f in report.failures],
+        "database": _safe_url(cfg.database_url()),
+    }
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    print(f"\nrun {report.run_id}: {report.outcome.upper()} (exit {report.exit_code})  "
+          f"fetch {report.fetch_s:.1f}s, stage 2 {report.stage2_s:.1f}s")
+    print(f"  {'media':<12} {'reports':>7} {'done':>5} {'skipped':>7} {'failed':>6} {'retries':>7} {'rows':>6} {'requests':>8}")
+    for m, s in report.media.items():
+        print(f"  {m:<12} {s.planned:>7} {s.done:>5} {s.skipped:>7} {s.failed:>6} {s.retries:>7} {s.rows:>6} {s.requests:>8}")
+    print(f"  rows loaded into BigQuery: {doc['rows_loaded']}  (BigQuery jobs: {doc['bigquery_jobs']})")
+    for table, n in doc["summary_rows_published"].items():
+        print(f"  published {n:>6} rows → {table}")
+    for f in report.failures[:10]:
+        print(f"  FAILED {f['media']}/{f['account_id']}/{f['date']} after {f['attempts']} attempts: {f['error_message']}")
+    print(f"  query them: {doc['database']}  (tables mart_daily_campaign, mart_daily_advertiser, mart_mtd_advertiser_media)")
+
+
+def _safe_url(url: str) -> str:
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _run(cfg: PipelineConfig, req: RunRequest, as_json: bool) -> int:
+    from ingest.progress import for_terminal
+
+    job = NightlyJob(cfg, progress=for_terminal(None if not as_json else False))
+    report = job.execute(req)
+    print_summary(cfg, report, as_json)
+    return report.exit_code
+
+
+def sandbox_stack(cfg: PipelineConfig):  # type: ignore[no-untyped-def]
+    from ingest.sandbox.stack import LocalStack, StackSpec
+
+    sb = cfg.sandbox
+    if sb is None:
+        raise UsageError("this config has no `sandbox:` section; the local stack is for the local profile only")
+    return LocalStack(StackSpec(root=cfg.sandbox_root(), project=cfg.bigquery.project, gcs_port=sb.gcs_port,
+                                bq_port=sb.bq_port, bq_grpc_port=sb.bq_grpc_port, sim_ports=dict(sb.sim_ports),
+                                seed=sb.seed, fault_rate=sb.fault_rate, latency_ms=sb.latency_ms))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        cfg = load_config(args.config)
+        if args.command == "sandbox":
+            stack = sandbox_stack(cfg)
+            if args.action == "up":
+                stack.up()
+                print(f"local stack up under {stack.spec.root}: " + ", ".join(stack.health()))
+            elif args.action == "down":
+                stack.down()
+                print("local stack stopped")
+            else:
+                health = stack.health()
+                for name, ok in health.items():
+                    print(f"{name:<22} {'up' if ok else 'DOWN'}")
+                return EXIT_SUCCESS if all(health.values()) else EXIT_FAILED
+            return EXIT_SUCCESS
+        if args.command == "demo":
+            for var in SANDBOX_TOKENS:  # the simulators accept any token; real ones come from the env
+                os.environ.setdefault(var, "sandbox-token")
+            stack = sandbox_stack(cfg)
+            stack.up()
+            day = _validate_date(cfg, args.date or cfg.yesterday())
+            code = _run(cfg, RunRequest("demo", [day], cfg.media_names(), force=True), False)
+            print(f"  local stack still running (stop: python -m ingest sandbox down); ledger and marts in {cfg.database_url()}")
+            return code
+        if args.command == "run":
+            day = _validate_date(cfg, args.date or cfg.yesterday())
+            return _run(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force), args.json)
+        if args.command == "rerun":
+            if not args.media or not args.date:
+                raise UsageError("rerun needs --media and --date")
+            media = _media_arg(cfg, args.media)
+            day = _validate_date(cfg, args.date)
+            accounts = None
+            if args.account:
+                check_account(args.account)
+                if args.account not in cfg.media[media[0]].account_ids():
+                    raise UsageError(f"account {args.account!r} is not configured for media {media[0]!r}")
+                accounts = [args.account]
+            return _run(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True), args.json)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

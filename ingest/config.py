@@ -1,0 +1,280 @@
+"""Pipeline configuration: one YAML file, validated completely before anything starts.
+
+Secrets never live in the file: a media names the *environment variables* that hold its
+credentials (``credentials: {access_token: META_ACCESS_TOKEN}``) and they are read at use.
+Every name that will reach a GCS path or a SQL identifier is checked against a strict
+pattern here, so a hostile value is rejected, never escaped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ingest.errors import ConfigError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$")
+PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+#: connectors that exist; a media block must name one of these (see ingest/media/registry.py)
+KNOWN_CONNECTORS = ("meta", "google_ads", "yahoo_ads")
+
+
+def _check(pattern: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{what} {value!r} is not allowed (must match {pattern.pattern})")
+        return value
+
+    return AfterValidator(check)
+
+
+Name = Annotated[str, _check(NAME_RE, "name")]
+AccountId = Annotated[str, _check(ACCOUNT_RE, "account id")]
+Bucket = Annotated[str, _check(BUCKET_RE, "bucket name")]
+Project = Annotated[str, _check(PROJECT_RE, "project id")]
+EnvName = Annotated[str, _check(ENV_RE, "environment variable name")]
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Validate a media/table/dataset name coming from outside the config file."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ConfigError(f"{what} {value!r} is not allowed (must match {NAME_RE.pattern})")
+    return value
+
+
+def check_account(value: str) -> str:
+    """Validate an account id coming from the CLI or an API response."""
+    if not isinstance(value, str) or not ACCOUNT_RE.fullmatch(value):
+        raise ConfigError(f"account id {value!r} is not allowed (must match {ACCOUNT_RE.pattern})")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetrySettings(Strict):
+    """Exponential backoff with full jitter; the server's hint wins when it gives one."""
+
+    max_attempts: int = Field(5, ge=1, le=50)
+    backoff_min_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    max_hint_s: float = Field(900.0, gt=0, description="never wait longer than this for a server hint")
+
+
+class QuotaSettings(Strict):
+    requests_per_second: float = Field(10.0, gt=0)
+    burst: int = Field(5, ge=1)
+    max_concurrent_jobs: int = Field(4, ge=1, description="async report jobs in flight at once")
+    poll_min_s: float = Field(0.2, gt=0)
+    poll_max_s: float = Field(30.0, gt=0)
+
+
+class BreakerSettings(Strict):
+    failure_threshold: int = Field(5, ge=1, description="consecutive throttles/outages that open it")
+    open_s: float = Field(30.0, gt=0, description="wait before one probe request")
+    max_open_cycles: int = Field(4, ge=1, description="re-opens without a success before the media is given up")
+
+
+class RestartSettings(Strict):
+    """Erlang-style restart intensity for fetcher processes."""
+
+    max_restarts: int = Field(5, ge=0)
+    period_s: float = Field(60.0, gt=0)
+    backoff_min_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(10.0, gt=0)
+
+
+class AccountSettings(Strict):
+    id: AccountId
+    advertiser: Name
+
+
+class MediaSettings(Strict):
+    """One ad platform. The mapping key is the media name used in paths and tables."""
+
+    connector: Name
+    base_url: str
+    api_version: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    credentials: dict[Name, EnvName] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    accounts: list[AccountSettings] = Field(min_length=1)
+    fetchers: int = Field(1, ge=1, le=8, description="fetcher actor processes for this media")
+    concurrency: int = Field(8, ge=1, le=256, description="reports in flight per fetcher")
+    timeout_s: float = Field(30.0, gt=0)
+    retry: RetrySettings = RetrySettings()
+    quota: QuotaSettings = QuotaSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    restarts: RestartSettings = RestartSettings()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", v):
+            raise ValueError(f"base_url {v!r} must be an http(s) URL without credentials or query")
+        return v.rstrip("/")
+
+    @field_validator("connector")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in KNOWN_CONNECTORS:
+            raise ValueError(f"unknown connector {v!r} (known: {', '.join(KNOWN_CONNECTORS)})")
+        return v
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique(cls, v: list[AccountSettings]) -> list[AccountSettings]:
+        ids = [a.id for a in v]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate account ids: {', '.join(dupes)}")
+        return v
+
+    def account_ids(self) -> list[str]:
+        return [a.id for a in self.accounts]
+
+
+class GcsSettings(Strict):
+    bucket: Bucket
+    endpoint: str | None = Field(None, description="emulator URL; unset in production")
+
+
+class BigQuerySettings(Strict):
+    project: Project
+    dataset: Name
+    location: str = "US"
+    endpoint: str | None = Field(None, description="emulator URL; unset in production")
+
+
+class DatabaseSettings(Strict):
+    url: str = Field(description="SQLAlchemy URL without password; overridden by url_env")
+    url_env: EnvName | None = Field("DATABASE_URL", description="env var that, when set, wins")
+
+    def resolved_url(self, base_dir: Path) -> str:
+        url = (os.environ.get(self.url_env) if self.url_env else None) or self.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url[len("sqlite:///"):]
+            if rel and rel != ":memory:":
+                url = "sqlite:///" + str((base_dir / rel).resolve())
+        return url
+
+
+class RaySettings(Strict):
+    address: str | None = Field(None, description="None: start a local Ray; 'auto': join the cluster")
+    num_cpus: int | None = None
+
+
+class SandboxSettings(Strict):
+    """Where the local stack listens and what the simulators inject (local profile only)."""
+
+    root: str = ".sandbox"
+    gcs_port: int = 4443
+    bq_port: int = 9050
+    bq_grpc_port: int = 9060
+    sim_ports: dict[Name, int] = Field(default_factory=dict)
+    fault_rate: float = Field(0.0, ge=0, le=1)
+    latency_ms: float = Field(5.0, ge=0)
+    seed: int = 7
+
+
+class PipelineConfig(Strict):
+    project: Project
+    timezone: str = "Asia/Tokyo"
+    max_backfill_days: int = Field(93, ge=1)
+    run_deadline_s: float = Field(4 * 3600, gt=0)
+    gcs: GcsSettings
+    bigquery: BigQuerySettings
+    database: DatabaseSettings
+    ray: RaySettings = RaySettings()
+    media: dict[Name, MediaSettings] = Field(min_length=1)
+    sandbox: SandboxSettings | None = None
+    #: directory of the config file; relative paths (SQLite, sandbox root) resolve against it
+    base_dir: str = "."
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+    # -- derived ------------------------------------------------------------------------
+    def yesterday(self, now: datetime | None = None) -> date:
+        now = now or datetime.now(ZoneInfo(self.timezone))
+        return (now.astimezone(ZoneInfo(self.timezone)) - timedelta(days=1)).date()
+
+    def today(self) -> date:
+        return datetime.now(ZoneInfo(self.timezone)).date()
+
+    def database_url(self) -> str:
+        return self.database.resolved_url(Path(self.base_dir))
+
+    def sandbox_root(self) -> Path:
+        root = Path(self.sandbox.root if self.sandbox else ".sandbox")
+        return root if root.is_absolute() else (Path(self.base_dir) / root).resolve()
+
+    def advertiser_of(self) -> dict[tuple[str, str], str]:
+        return {(m, a.id): a.advertiser for m, s in self.media.items() for a in s.accounts}
+
+    def media_names(self) -> list[str]:
+        return list(self.media)
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "local.yaml"
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and validate a config file; every problem becomes one ConfigError naming file and field."""
+    path = Path(path or os.environ.get("INGEST_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("base_dir", str(path.resolve().parent.parent if path.parent.name == "config" else path.resolve().parent))
+    if overrides:
+        raw = _merge(raw, overrides)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = "required field is missing"
+            elif err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            lines.append(f"{source}: {_field_path(err['loc'])}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,248 @@
+"""The driver: what ``ray job submit -- python -m ingest run`` executes.
+
+1. validate everything that can be validated (config, credentials) — before anything starts;
+2. open a run in the ledger and plan report tasks (media × account × date), skipping what
+   is already done unless forced (so a killed run resumes where it stopped);
+3. start one supervisor actor per media and consume their event streams, writing each
+   event to the ledger as it arrives (a dead supervisor is recreated with what is left);
+4. stage 2 for the (media, date) partitions that changed;
+5. close the run with an outcome whose exit code tells success / partial / failure apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal
+
+import structlog
+
+from ingest.clients import gcs_client, rdb_engine
+from ingest.config import PipelineConfig
+from ingest.errors import ConfigError
+from ingest.ledger import Ledger
+from ingest.media.base import Secret
+from ingest.progress import NoProgress, Progress
+from ingest.storage import ReportStore
+from ingest.supervision.fetcher import resolve_secrets
+from ingest.tasks import Event, ReportKey
+
+log = structlog.get_logger("ingest.job")
+
+RunKind = Literal["run", "rerun", "backfill", "demo"]
+
+EXIT_SUCCESS = 0
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_FAILED = 4
+#: how many times the driver recreates a media's supervisor that died before giving up on it
+SUPERVISOR_RESTARTS = 3
+
+
+@dataclass
+class RunRequest:
+    kind: RunKind
+    dates: list[date]
+    media: list[str]
+    accounts: list[str] | None = None
+    force: bool = False
+
+
+@dataclass
+class MediaSummary:
+    planned: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    retries: int = 0
+    restarts: int = 0
+    rows: int = 0
+    requests: int = 0
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    outcome: str
+    exit_code: int
+    media: dict[str, MediaSummary] = field(default_factory=dict)
+    stage2: Any = None
+    fetch_s: float = 0.0
+    stage2_s: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_keys(cfg: PipelineConfig, req: RunRequest) -> list[ReportKey]:
+    keys = []
+    for media in req.media:
+        settings = cfg.media[media]
+        for account in settings.account_ids():
+            if req.accounts and account not in req.accounts:
+                continue
+            for day in req.dates:
+                keys.append(ReportKey(media, account, day))
+    return keys
+
+
+class NightlyJob:
+    def __init__(self, cfg: PipelineConfig, *, progress: Progress | None = None, environ: dict[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.progress = progress or NoProgress()
+        self.environ = dict(os.environ if environ is None else environ)
+        self.engine = rdb_engine(cfg.database_url())
+        self.ledger = Ledger(self.engine)
+
+    def secrets(self, media: list[str]) -> dict[str, dict[str, Secret]]:
+        """Resolve every credential up front: a missing one is a config error (exit 2)."""
+        return {m: resolve_secrets(m, self.cfg.media[m], self.environ) for m in media}
+
+    def execute(self, req: RunRequest) -> RunReport:
+        unknown = [m for m in req.media if m not in self.cfg.media]
+        if unknown:
+            raise ConfigError(f"unknown media: {', '.join(unknown)} (configured: {', '.join(self.cfg.media)})")
+        secrets = self.secrets(req.media)
+        self.ledger.migrate()
+        all_keys = plan_keys(self.cfg, req)
+        states = self.ledger.states(all_keys)
+        # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches.
+        todo = all_keys if req.force else [k for k in all_keys if states.get(k, {}).get("status") != "done"]
+        run_id = self.ledger.open_run(req.kind, req.dates, req.media)
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        report = RunReport(run_id, "running", EXIT_SUCCESS, {m: MediaSummary() for m in req.media})
+        for key in all_keys:
+            report.media[key.media].planned += 1
+        todo_set = set(todo)
+        for key in all_keys:
+            if key not in todo_set:
+                report.media[key.media].skipped += 1
+        log.info("run_planned", kind=req.kind, dates=[d.isoformat() for d in req.dates], reports=len(all_keys), to_fetch=len(todo))
+        self.ledger.plan(run_id, todo)
+        try:
+            store = ReportStore(gcs_client(self.cfg.gcs, self.cfg.project), self.cfg.gcs.bucket)
+            store.ensure_bucket()
+            started = time.perf_counter()
+            changed = self._fetch(run_id, todo, secrets, report) if todo else set()
+            report.fetch_s = time.perf_counter() - started
+            started = time.perf_counter()
+            report.stage2 = self._stage2(run_id, changed, store)
+            report.stage2_s = time.perf_counter() - started
+        except BaseException:
+            self.ledger.close_run(run_id, "aborted", self._counts(report))
+            raise
+        finally:
+            self.progress.close()
+        report.outcome, report.exit_code = self._outcome(report)
+        report.failures = [
+            {k: r[k] for k in ("media", "account_id", "date", "attempts", "error_kind", "error_message")}
+            for r in self.ledger.task_rows(dates=req.dates) if r["status"] == "failed" and r["media"] in req.media
+        ]
+        self.ledger.close_run(run_id, report.outcome, self._counts(report))  # type: ignore[arg-type]
+        log.info("run_finished", outcome=report.outcome, exit_code=report.exit_code, **self._counts(report))
+        return report
+
+    # -- fetch ------------------------------------------------------------------------------
+    def _fetch(self, run_id: str, todo: list[ReportKey], secrets: dict[str, dict[str, Secret]], report: RunReport) -> set[tuple[str, date]]:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(
+                address=self.cfg.ray.address,
+                num_cpus=self.cfg.ray.num_cpus,
+                include_dashboard=False,
+                logging_level="WARNING",
+                configure_logging=False,
+            )
+        by_media: dict[str, list[ReportKey]] = defaultdict(list)
+        for key in todo:
+            by_media[key.media].append(key)
+        changed: set[tuple[str, date]] = set()
+        deadline = time.time() + self.cfg.run_deadline_s
+
+        async def main() -> None:
+            await asyncio.gather(*(self._drive_media(run_id, m, keys, secrets[m], deadline, report, changed)
+                                   for m, keys in by_media.items()))
+
+        asyncio.run(main())
+        return changed
+
+    async def _drive_media(self, run_id: str, media: str, keys: list[ReportKey], secrets: dict[str, Secret],
+                           deadline: float, report: RunReport, changed: set[tuple[str, date]]) -> None:
+        import ray
+
+        from ingest.supervision.actors import start_supervisor
+
+        summary = report.media[media]
+        remaining = set(keys)
+        next_attempt: dict[ReportKey, int] = {}
+        self.progress.start(media, len(keys))
+        self.ledger.mark_running(keys)
+        for generation in range(SUPERVISOR_RESTARTS + 1):
+            supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project, deadline,
+                                          {"run_id": run_id})
+            try:
+                stream = supervisor.run.remote(sorted(remaining), next_attempt)
+                async for ref in stream:
+                    event: Event = await ref
+                    self._record(run_id, event, summary, remaining, next_attempt, changed)
+                return
+            except ray.exceptions.RayActorError as exc:
+                log.error("supervisor_died", media=media, generation=generation, remaining=len(remaining), error=type(exc).__name__)
+                self.ledger.apply(run_id, Event("restart", media, message=f"supervisor died ({type(exc).__name__}); "
+                                                                      f"recreating with {len(remaining)} reports left"))
+            finally:
+                ray.kill(supervisor)  # its fetchers share its fate
+        for key in sorted(remaining):
+            event = Event("failed", media, key, next_attempt.get(key, 1) - 1, error_kind="unavailable",
+                          message=f"supervisor of {media} died {SUPERVISOR_RESTARTS + 1} times")
+            self._record(run_id, event, summary, remaining, next_attempt, changed)
+
+    def _record(self, run_id: str, event: Event, summary: Any, remaining: set[ReportKey],
+                next_attempt: dict[ReportKey, int], changed: set[tuple[str, date]]) -> None:
+        self.ledger.apply(run_id, event)
+        if event.kind == "retry" and event.key:
+            summary.retries += 1
+            next_attempt[event.key] = event.attempt + 1
+        elif event.kind == "restart":
+            summary.restarts += 1
+        elif event.kind in ("done", "failed") and event.key and event.key in remaining:
+            remaining.discard(event.key)
+            self.progress.advance(event.media, event.kind)
+            if event.kind == "done" and event.result:
+                summary.done += 1
+                summary.rows += event.result.totals.rows
+                summary.requests += event.result.requests
+                changed.add((event.key.media, event.key.day))
+            else:
+                summary.failed += 1
+
+    # -- stage 2 -----------------------------------------------------------------------------
+    def _stage2(self, run_id: str, changed: set[tuple[str, date]], store: ReportStore) -> Any:
+        if not changed:
+            return None
+        from aggregations.stage2 import run_stage2
+
+        partitions = sorted(changed)
+        result = run_stage2(self.cfg, partitions, run_id, self.ledger.fetched_totals(partitions), engine=self.engine, store=store)
+        for (media, day), part in result.partitions.items():
+            self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.message)
+        return result
+
+    # -- outcome ------------------------------------------------------------------------------
+    def _outcome(self, report: RunReport) -> tuple[str, int]:
+        done = sum(m.done + m.skipped for m in report.media.values())
+        failed = sum(m.failed for m in report.media.values())
+        stage_failed = 0
+        if report.stage2 is not None:
+            stage_failed = sum(1 for p in report.stage2.partitions.values() if p.status == "failed")
+        if failed == 0 and stage_failed == 0:
+            return "success", EXIT_SUCCESS
+        if done == 0:
+            return "failed", EXIT_FAILED
+        return "partial", EXIT_PARTIAL
+
+    def _counts(self, report: RunReport) -> dict[str, Any]:
+        return {m: vars(s) for m, s in report.media.items()}

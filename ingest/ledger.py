@@ -1,0 +1,257 @@
+"""The ledger: every run and every report task, in the RDB, so nothing is invisible.
+
+Tables (same code on PostgreSQL and SQLite):
+- ``ingest_runs``: one row per run (kind, dates, media, who started it, outcome, counts).
+- ``ingest_report_tasks``: the *current* state of each report (media, account, date):
+  status, attempts, last error, rows/bytes/sums, GCS paths, timings, and the run that last
+  touched it. Resume and ``rerun --failed`` read it.
+- ``ingest_task_events``: history — every retry, restart, breaker change, success, failure.
+- ``ingest_stage_steps``: stage 2 per (media, date): load/publish/reconcile result.
+The driver is the only writer during a run (actors stream events to it).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ingest.tasks import TERMINAL, Event, ReportKey, Totals
+
+RunOutcome = Literal["running", "success", "partial", "failed", "aborted"]
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "ingest_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("date_from", sa.Date, nullable=False),
+    sa.Column("date_to", sa.Date, nullable=False),
+    sa.Column("media", sa.Text, nullable=False),
+    sa.Column("started_by", sa.String(200), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("counts", sa.Text, nullable=False, default="{}"),
+    sa.Index("ix_ingest_runs_started", "started_at"),
+)
+
+report_tasks = sa.Table(
+    "ingest_report_tasks",
+    metadata,
+    sa.Column("media", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error_kind", sa.String(32)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("rows", sa.Integer),
+    sa.Column("bytes", sa.Integer),
+    sa.Column("requests", sa.Integer),
+    sa.Column("impressions", sa.BigInteger),
+    sa.Column("clicks", sa.BigInteger),
+    sa.Column("spend", sa.Numeric(20, 6)),
+    sa.Column("conversions", sa.Numeric(20, 6)),
+    sa.Column("gcs_paths", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_s", sa.Float),
+    sa.Index("ix_ingest_tasks_date_media", "date", "media"),
+    sa.Index("ix_ingest_tasks_run", "run_id"),
+)
+
+task_events = sa.Table(
+    "ingest_task_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("media", sa.String(64), nullable=False),
+    sa.Column("account_id", sa.String(64)),
+    sa.Column("date", sa.Date),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("error_kind", sa.String(32)),
+    sa.Column("message", sa.Text),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_ingest_events_run", "run_id"),
+)
+
+stage_steps = sa.Table(
+    "ingest_stage_steps",
+    metadata,
+    sa.Column("media", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("loaded_rows", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def started_by() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - containers without a passwd entry
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def new_run_id(kind: str) -> str:
+    return f"{kind}-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _upsert(engine: Engine, table: sa.Table, values: dict[str, Any], keys: list[str]) -> sa.Insert:
+    ins = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
+    return ins.on_conflict_do_update(index_elements=keys, set_={k: ins.excluded[k] for k in values if k not in keys})
+
+
+class Ledger:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def migrate(self) -> None:
+        metadata.create_all(self.engine)
+
+    # -- runs -----------------------------------------------------------------------------
+    def open_run(self, kind: str, dates: list[date], media: list[str]) -> str:
+        run_id = new_run_id(kind)
+        with self.engine.begin() as conn:
+            conn.execute(runs.insert().values(
+                run_id=run_id, kind=kind, date_from=min(dates), date_to=max(dates), media=",".join(media),
+                started_by=started_by(), started_at=now(), outcome="running", counts="{}",
+            ))
+        return run_id
+
+    def close_run(self, run_id: str, outcome: RunOutcome, counts: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.run_id == run_id).values(
+                finished_at=now(), outcome=outcome, counts=json.dumps(counts, default=str)))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
+        return dict(row) if row else None
+
+    # -- report tasks ------------------------------------------------------------------------
+    def states(self, keys: Iterable[ReportKey]) -> dict[ReportKey, dict[str, Any]]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        dates = {k.day for k in keys}
+        media = {k.media for k in keys}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(report_tasks).where(
+                report_tasks.c.date.in_(dates), report_tasks.c.media.in_(media))).mappings().all()
+        wanted = set(keys)
+        out = {}
+        for r in rows:
+            key = ReportKey(r["media"], r["account_id"], r["date"])
+            if key in wanted:
+                out[key] = dict(r)
+        return out
+
+    def plan(self, run_id: str, keys: list[ReportKey]) -> None:
+        """Mark the reports this run will fetch as pending (creating or resetting their row)."""
+        with self.engine.begin() as conn:
+            for key in keys:
+                conn.execute(_upsert(self.engine, report_tasks, {
+                    "media": key.media, "account_id": key.account, "date": key.day, "run_id": run_id,
+                    "status": "pending", "attempts": 0, "error_kind": None, "error_message": None,
+                    "started_at": None, "finished_at": None, "duration_s": None,
+                }, ["media", "account_id", "date"]))
+
+    def apply(self, run_id: str, event: Event) -> None:
+        """Record one supervisor event: the single place a task's status changes."""
+        key = event.key
+        at = now()
+        with self.engine.begin() as conn:
+            conn.execute(task_events.insert().values(
+                run_id=run_id, media=event.media, account_id=key.account if key else None, date=key.day if key else None,
+                kind=event.kind, attempt=event.attempt, error_kind=event.error_kind,
+                message=(event.message or "")[:4000] or None, at=at))
+            if key is None or event.kind not in ("done", "failed", "retry"):
+                return
+            where = (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
+            if event.kind == "retry":
+                conn.execute(report_tasks.update().where(where).values(
+                    status="retrying", attempts=event.attempt, error_kind=event.error_kind, error_message=event.message))
+                return
+            values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
+            if event.kind == "done" and event.result is not None:
+                r = event.result
+                values.update(error_kind=None, error_message=None, rows=r.totals.rows, bytes=r.bytes, requests=r.requests,
+                              impressions=r.totals.impressions, clicks=r.totals.clicks, spend=r.totals.spend,
+                              conversions=r.totals.conversions, gcs_paths=json.dumps(list(r.paths)), duration_s=r.elapsed_s)
+            else:
+                values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
+            conn.execute(report_tasks.update().where(where).values(**values))
+
+    def mark_running(self, keys: list[ReportKey]) -> None:
+        with self.engine.begin() as conn:
+            for key in keys:
+                conn.execute(report_tasks.update().where(
+                    (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
+                ).values(status="running", started_at=now()))
+
+    def fetched_totals(self, partitions: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:
+        """Sum of the done reports per (media, date): what reconciliation expects downstream."""
+        out: dict[tuple[str, date], Totals] = {}
+        parts = set(partitions)
+        if not parts:
+            return out
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(report_tasks).where(
+                report_tasks.c.status == "done", report_tasks.c.date.in_({d for _, d in parts}))).mappings().all()
+        for r in rows:
+            p = (r["media"], r["date"])
+            if p in parts:
+                t = Totals(r["rows"] or 0, r["impressions"] or 0, r["clicks"] or 0, Decimal(r["spend"] or 0), Decimal(r["conversions"] or 0))
+                out[p] = out.get(p, Totals()) + t
+        return out
+
+    def task_rows(self, *, dates: Iterable[date] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(report_tasks)
+        if dates is not None:
+            q = q.where(report_tasks.c.date.in_(set(dates)))
+        if run_id is not None:
+            q = q.where(report_tasks.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(report_tasks.c.date, report_tasks.c.media, report_tasks.c.account_id)).mappings()]
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(task_events).where(task_events.c.run_id == run_id).order_by(task_events.c.id)).mappings()]
+
+    # -- stage 2 ---------------------------------------------------------------------------
+    def record_stage(self, run_id: str, media: str, day: date, status: str, loaded_rows: int | None, message: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_upsert(self.engine, stage_steps, {
+                "media": media, "date": day, "run_id": run_id, "status": status, "loaded_rows": loaded_rows,
+                "message": message, "updated_at": now()}, ["media", "date"]))
+
+    def stage_rows(self, dates: Iterable[date]) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(stage_steps).where(stage_steps.c.date.in_(set(dates)))).mappings()]
+
+
+def is_terminal(status: str) -> bool:
+    return status in TERMINAL

@@ -1,0 +1,288 @@
+"""What every media connector shares: the row schema, the HTTP seam and the protocol.
+
+A connector is a small, mostly declarative class. It turns (account, date) into requests,
+follows paging, normalizes rows, and *classifies* failures into ``ingest.errors``. It never
+sleeps on errors, never retries and never loops on failure: that is the supervisor's job.
+The only wait it may ask for is ``HttpSession.poll_wait`` between polls of an async report
+job, and that wait is decided by supervision, not by the connector.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from ingest.errors import DataError, IngestError, Timeout, Transient, redact
+
+CSV_COLUMNS = (
+    "date",
+    "media",
+    "account_id",
+    "campaign_id",
+    "campaign_name",
+    "impressions",
+    "clicks",
+    "spend",
+    "conversions",
+    "currency",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One campaign's metrics for one day, in the common schema (spend in account currency)."""
+
+    date: date
+    media: str
+    account_id: str
+    campaign_id: str
+    campaign_name: str
+    impressions: int
+    clicks: int
+    spend: Decimal
+    conversions: Decimal
+    currency: str
+
+    def as_csv(self) -> list[str]:
+        return [
+            self.date.isoformat(),
+            self.media,
+            self.account_id,
+            self.campaign_id,
+            self.campaign_name,
+            str(self.impressions),
+            str(self.clicks),
+            format(self.spend, "f"),
+            format(self.conversions, "f"),
+            self.currency,
+        ]
+
+
+def rows_to_csv(rows: list[Row]) -> bytes:
+    """CSV with a header row (bqemulator reads the header; BigQuery skips it by option)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(row.as_csv())
+    return buf.getvalue().encode("utf-8")
+
+
+class Secret:
+    """A credential value that never shows in repr/str/logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Secret, (self._value,))
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """How close the platform says we are to its limits.
+
+    ``utilization`` is the highest reported usage in 0..1 (e.g. Meta's ``call_count`` 85 → 0.85);
+    ``regain_after_s`` is the platform's own estimate of when a throttle lifts.
+    """
+
+    utilization: float = 0.0
+    regain_after_s: float | None = None
+
+
+@dataclass(slots=True)
+class RawPage:
+    """One HTTP exchange kept for audit in GCS: method, path (no secrets), status, body."""
+
+    method: str
+    url: str
+    status: int
+    body: str
+    elapsed_ms: float
+
+    def as_json(self) -> dict[str, Any]:
+        body: Any
+        try:
+            body = json.loads(self.body)
+        except ValueError:
+            body = self.body  # keep malformed bodies verbatim: they are the evidence
+        return {"method": self.method, "url": self.url, "status": self.status, "elapsed_ms": round(self.elapsed_ms, 1), "body": body}
+
+
+#: awaited before every request; supervision plugs its rate limiter in here
+Gate = Callable[[], Awaitable[None]]
+#: awaited between polls of an async report job; supervision decides the interval
+PollWait = Callable[[int], Awaitable[None]]
+#: called with the usage a response reported
+UsageSink = Callable[[Usage], None]
+
+
+async def _no_gate() -> None:
+    return None
+
+
+def _safe_url(url: httpx.URL) -> str:
+    parts = urlsplit(str(url))
+    return redact(parts.path + (f"?{parts.query}" if parts.query else ""))
+
+
+class HttpSession:
+    """The one network seam of a fetch: every request of one report goes through here.
+
+    It (1) waits on the media's gate before each request, async-job polls included, so the
+    quota budget sees everything; (2) records every exchange for the raw GCS object, even
+    when the report then fails; (3) translates transport failures into our taxonomy, the
+    only place that knows httpx exceptions.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        gate: Gate | None = None,
+        poll_wait: PollWait | None = None,
+        on_usage: UsageSink | None = None,
+    ) -> None:
+        self.client = client
+        self._gate = gate or _no_gate
+        self._poll_wait = poll_wait
+        self._on_usage = on_usage
+        self.pages: list[RawPage] = []
+        self.requests = 0
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        data: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        await self._gate()
+        self.requests += 1
+        started = time.perf_counter()
+        try:
+            response = await self.client.request(method, url, params=params, json=json_body, data=data, headers=headers)
+            body = await response.aread()
+        except httpx.TimeoutException as exc:
+            raise Timeout(f"{method} {_safe_url(httpx.URL(url))} timed out ({type(exc).__name__})") from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise Transient(f"{method} {_safe_url(httpx.URL(url))} failed: {type(exc).__name__}") from None
+        elapsed = (time.perf_counter() - started) * 1000
+        self.pages.append(
+            RawPage(method, _safe_url(response.request.url), response.status_code, body.decode("utf-8", "replace"), elapsed)
+        )
+        return response
+
+    def report_usage(self, usage: Usage) -> None:
+        if self._on_usage is not None:
+            self._on_usage(usage)
+
+    async def poll_wait(self, polls_so_far: int) -> None:
+        """Wait before the next poll of an async job (interval grows with ``polls_so_far``)."""
+        if self._poll_wait is not None:
+            await self._poll_wait(polls_so_far)
+
+    def raw_document(self) -> dict[str, Any]:
+        return {"requests": self.requests, "pages": [p.as_json() for p in self.pages]}
+
+
+def parse_json(response: httpx.Response) -> Any:
+    """Decode a JSON body or raise DataError (truncated/malformed), keeping the body."""
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        raise DataError(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
+
+
+def parse_decimal(value: Any, field_name: str) -> Decimal:
+    """Exact decimal from a string or JSON number; anything else is schema drift."""
+    if isinstance(value, bool) or value is None:
+        raise DataError(f"field {field_name!r} is {value!r}, expected a number")
+    try:
+        dec = Decimal(str(value))
+    except ArithmeticError:
+        raise DataError(f"field {field_name!r} is {value!r}, expected a number") from None
+    if not dec.is_finite():  # Decimal("NaN") / Decimal("Infinity") parse, but are not metrics
+        raise DataError(f"field {field_name!r} is {value!r}, expected a finite number")
+    return dec
+
+
+def parse_int(value: Any, field_name: str) -> int:
+    dec = parse_decimal(value, field_name)
+    if dec != dec.to_integral_value():
+        raise DataError(f"field {field_name!r} is {value!r}, expected an integer")
+    return int(dec)
+
+
+@dataclass(slots=True)
+class ConnectorSettings:
+    """What a connector is given: its media name, API endpoint/version, options and secrets."""
+
+    media: str
+    base_url: str
+    api_version: str
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def secret(self, name: str) -> str:
+        try:
+            return self.secrets[name].get()
+        except KeyError:
+            from ingest.errors import AuthError
+
+            raise AuthError(f"credential {name!r} is not configured for media {self.media!r}") from None
+
+
+class Connector(ABC):
+    """One ad platform's API. Subclasses declare ``name`` and implement ``fetch``."""
+
+    #: registry key used by ``connector:`` in the config
+    name: ClassVar[str]
+    #: the credentials (logical names) this connector needs
+    credential_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: ConnectorSettings) -> None:
+        self.settings = settings
+
+    @property
+    def media(self) -> str:
+        return self.settings.media
+
+    @abstractmethod
+    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
+        """Fetch one (account, date) report; raise only ``ingest.errors`` subclasses."""
+
+    def minimum_requests(self) -> int:
+        """Fewest requests one report needs with this connector's flow (for the benchmark)."""
+        return 1
+
+
+def ensure_classified(exc: BaseException, media: str, account: str, day: date) -> IngestError:
+    """Last line of defence: an unexpected exception from a connector becomes a DataError."""
+    if isinstance(exc, IngestError):
+        return exc.with_report(media, account, day.isoformat())
+    return DataError(f"unclassified {type(exc).__name__}: {exc}", media=media, account=account, date=day.isoformat())

@@ -1,0 +1,319 @@
+"""Meta Marketing API insights: one campaign-level report per (ad account, day).
+
+Flows (option ``mode``):
+- ``sync`` (default): ``GET /{v}/act_{id}/insights`` with cursor paging. Only
+  ``paging.next`` means another page; ``paging.cursors.after`` is on every page, so it is
+  *used* for the next request but never *tested* for more. We build the next URL ourselves
+  from the cursor rather than following ``next`` verbatim: a URL from a response must not
+  receive our Authorization header.
+- ``async``: ``POST /{v}/act_{id}/insights`` → ``report_run_id``; ``GET /{v}/{id}`` until
+  ``async_status`` is ``Job Completed`` (and 100 %); ``GET /{v}/{id}/insights`` (paged).
+
+Conversions = the sum of ``actions[].value`` whose ``action_type`` equals the option
+``conversion_action_type`` (default ``offsite_conversion.fb_pixel_purchase``); a campaign
+without that action has 0. Spend is ``spend`` (a string in account currency units).
+
+Sources: developers.facebook.com/docs/marketing-api/insights (+ /async),
+/docs/marketing-api/error-reference, /docs/marketing-api/insights/error-codes,
+/docs/graph-api/overview/rate-limiting; facebook-python-business-sdk
+``facebookads/utils/fberrcodes.py`` and ``adobjects/adreportrun.py``. See docs/connectors.md.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import httpx
+
+from ingest.config import ACCOUNT_RE
+from ingest.errors import (
+    AuthError,
+    BadRequest,
+    ConfigError,
+    DataError,
+    IngestError,
+    Throttled,
+    Transient,
+)
+from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, Usage, parse_decimal, parse_int
+
+#: app (4), user (17), page (32), ad account (613) and business-use-case (80000–80014) limits
+THROTTLE_CODES = frozenset({4, 17, 32, 613} | set(range(80000, 80015)))
+#: invalid/expired session or token
+AUTH_CODES = frozenset({102, 190, 463, 467})
+#: permission errors (10, 200–299): the token cannot read this account; retrying cannot help
+PERMISSION_CODES = frozenset({10} | set(range(200, 300)))
+#: code 2 is "temporary", except these insights subcodes that describe the request itself
+CODE2_FATAL_SUBCODES = frozenset({1504041, 1504042})
+#: (code, subcode) pairs the insights error-code table says to retry
+TRANSIENT_PAIRS = frozenset({(1, 99), (100, 1504018), (-2, 2490547)})
+
+FIELDS = "account_id,campaign_id,campaign_name,impressions,clicks,spend,actions,account_currency"
+RUNNING = frozenset({"Job Not Started", "Job Started", "Job Running"})
+FAILED = frozenset({"Job Failed", "Job Skipped"})
+MAX_PAGES = 10_000
+
+
+def check_id(value: Any, what: str) -> str:
+    """An id from a response must look like one: it reaches GCS paths and SQL."""
+    if not isinstance(value, str) or not ACCOUNT_RE.fullmatch(value):
+        raise DataError(f"{what} {str(value)[:80]!r} is not a valid id")
+    return value
+
+
+def _json_header(headers: httpx.Headers, name: str) -> Any:
+    raw = headers.get(name)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None  # a malformed usage header must not fail a report
+
+
+def parse_usage(headers: httpx.Headers) -> Usage | None:
+    """Highest utilization across the three usage headers; regain estimate in seconds."""
+    util: float | None = None
+    regain: float | None = None
+
+    def seen(pct: Any) -> None:
+        nonlocal util
+        if isinstance(pct, (int, float)) and not isinstance(pct, bool):
+            util = max(util or 0.0, float(pct) / 100)
+
+    buc = _json_header(headers, "x-business-use-case-usage")
+    if isinstance(buc, dict):
+        for entries in buc.values():
+            for entry in entries if isinstance(entries, list) else []:
+                if not isinstance(entry, dict):
+                    continue
+                for key in ("call_count", "total_cputime", "total_time"):
+                    seen(entry.get(key))
+                eta = entry.get("estimated_time_to_regain_access")
+                if isinstance(eta, (int, float)) and eta > 0:
+                    regain = max(regain or 0.0, float(eta) * 60)  # documented in minutes
+    app = _json_header(headers, "x-app-usage")
+    if isinstance(app, dict):
+        for key in ("call_count", "total_cputime", "total_time"):
+            seen(app.get(key))
+    acct = _json_header(headers, "x-ad-account-usage")
+    if isinstance(acct, dict):
+        seen(acct.get("acc_id_util_pct"))
+        reset = acct.get("reset_time_duration")
+        if util is not None and util >= 1 and isinstance(reset, (int, float)) and reset > 0:
+            regain = max(regain or 0.0, float(reset))
+    if util is None and regain is None:
+        return None
+    return Usage(utilization=min(util or 0.0, 1.0), regain_after_s=regain)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    usage = parse_usage(headers)
+    if usage is not None and usage.regain_after_s:
+        return usage.regain_after_s
+    raw = headers.get("retry-after")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def classify(response: httpx.Response) -> IngestError | None:
+    """Map a Graph error (or a non-2xx status) to our taxonomy; None means success."""
+    status = response.status_code
+    err: dict[str, Any] = {}
+    try:
+        body = json.loads(response.content)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            err = body["error"]
+    except ValueError:
+        pass
+    if not err and status < 400:
+        return None
+    code = err.get("code")
+    sub = err.get("error_subcode")
+    tag = f"{code}/{sub}" if sub is not None else (str(code) if code is not None else None)
+    kw: dict[str, Any] = {"status": status, "body": response.content, "code": tag}
+    msg = str(err.get("message") or f"HTTP {status}")
+    if code in THROTTLE_CODES:
+        return Throttled(f"throttled: {msg}", retry_after=_retry_after(response.headers), **kw)
+    if code in AUTH_CODES:
+        return AuthError(f"access token rejected: {msg}", **kw)
+    if code in PERMISSION_CODES:
+        return AuthError(f"permission denied: {msg}", **kw)
+    if code == 2 and sub in CODE2_FATAL_SUBCODES:
+        return BadRequest(msg, **kw)
+    if code in (1, 2) or (code, sub) in TRANSIENT_PAIRS or err.get("is_transient") is True:
+        return Transient(msg, **kw)
+    if status == 429:
+        return Throttled(f"throttled: {msg}", retry_after=_retry_after(response.headers), **kw)
+    if status >= 500:
+        return Transient(msg, **kw)
+    if status in (401, 403) and code is None:
+        return AuthError(msg, **kw)
+    return BadRequest(msg, **kw)
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content)
+    except ValueError as exc:
+        raise DataError(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
+    if not isinstance(body, dict):
+        raise DataError("expected a JSON object", status=response.status_code, body=response.content)
+    return body
+
+
+class MetaConnector(Connector):
+    name: ClassVar[str] = "meta"
+    credential_names: ClassVar[tuple[str, ...]] = ("access_token",)
+
+    def __init__(self, settings: ConnectorSettings) -> None:
+        super().__init__(settings)
+        opts = settings.options
+        self.mode = opts.get("mode", "sync")
+        self.page_limit = opts.get("page_limit", 500)
+        self.conversion_action_type = opts.get("conversion_action_type", "offsite_conversion.fb_pixel_purchase")
+        self.max_polls = opts.get("max_polls", 60)
+        if self.mode not in ("sync", "async"):
+            raise ConfigError(f"meta option mode must be 'sync' or 'async', not {self.mode!r}")
+        for key, value in (("page_limit", self.page_limit), ("max_polls", self.max_polls)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"meta option {key} must be a positive integer, not {value!r}")
+        if not isinstance(self.conversion_action_type, str) or not self.conversion_action_type:
+            raise ConfigError("meta option conversion_action_type must be a non-empty string")
+
+    def minimum_requests(self) -> int:
+        return 3 if self.mode == "async" else 1  # async: create + one poll + one result page
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _url(self, *parts: str) -> str:
+        return "/".join([self.settings.base_url.rstrip("/"), self.settings.api_version, *parts])
+
+    def _headers(self) -> dict[str, str]:
+        # the token goes in a header: recorded URLs (HttpSession.pages) never carry it
+        return {"Authorization": f"Bearer {self.settings.secret('access_token')}"}
+
+    async def _call(self, http: HttpSession, method: str, url: str, **kw: Any) -> dict[str, Any]:
+        response = await http.request(method, url, headers=self._headers(), **kw)
+        usage = parse_usage(response.headers)
+        if usage is not None:
+            http.report_usage(usage)
+        error = classify(response)
+        if error is not None:
+            raise error
+        return _body(response)
+
+    @staticmethod
+    def _act(account: str) -> str:
+        digits = account.removeprefix("act_")
+        if not digits.isdigit():
+            raise BadRequest(f"Meta ad account id must be digits (optionally act_-prefixed), not {account!r}")
+        return digits
+
+    def _params(self, day: date) -> dict[str, str]:
+        return {
+            "level": "campaign",
+            "fields": FIELDS,
+            "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}, separators=(",", ":")),
+            "time_increment": "1",
+            "limit": str(self.page_limit),
+        }
+
+    # -- the report --------------------------------------------------------------------------------
+    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
+        try:
+            act = self._act(account)
+            if self.mode == "async":
+                raw = await self._fetch_async(http, act, day)
+            else:
+                raw = await self._pages(http, self._url(f"act_{act}", "insights"), self._params(day))
+            return [self._row(item, account, act, day) for item in raw]
+        except IngestError as exc:
+            raise exc.with_report(self.media, account, day.isoformat()) from None
+
+    async def _pages(self, http: HttpSession, url: str, params: dict[str, str]) -> list[Any]:
+        rows: list[Any] = []
+        after: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            body = await self._call(http, "GET", url, params={**params, **({"after": after} if after else {})})
+            data = body.get("data")
+            if not isinstance(data, list):
+                raise DataError("insights response has no 'data' list", body=json.dumps(body))
+            rows.extend(data)
+            paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
+            if not paging.get("next"):
+                return rows
+            cursors = paging.get("cursors")
+            after = cursors.get("after") if isinstance(cursors, dict) else None
+            if not isinstance(after, str) or not after or after in seen:
+                raise DataError("paging.next is set but paging.cursors.after is missing or repeats", body=json.dumps(body))
+            seen.add(after)
+        raise DataError(f"more than {MAX_PAGES} pages")
+
+    async def _fetch_async(self, http: HttpSession, act: str, day: date) -> list[Any]:
+        created = await self._call(http, "POST", self._url(f"act_{act}", "insights"), data=self._params(day))
+        run_id = created.get("report_run_id")
+        if isinstance(run_id, int) and not isinstance(run_id, bool):
+            run_id = str(run_id)
+        if not isinstance(run_id, str) or not run_id.isdigit():
+            raise DataError(f"report_run_id {str(run_id)[:40]!r} is not a numeric id", body=json.dumps(created))
+        for polls in range(self.max_polls):
+            await http.poll_wait(polls)
+            job = await self._call(http, "GET", self._url(run_id))
+            status = job.get("async_status")
+            pct = job.get("async_percent_completion", 100)
+            if status == "Job Completed" and pct == 100:
+                return await self._pages(http, self._url(run_id, "insights"), {"limit": str(self.page_limit)})
+            if status in FAILED:
+                # "Report Failed. Try again later." (insights error table: -2/2490547); a new run is a fresh job
+                raise Transient(f"async report run {run_id} ended with {status!r}", body=json.dumps(job), code=str(status))
+            if status not in RUNNING and status != "Job Completed":
+                raise DataError(f"unknown async_status {str(status)[:40]!r}", body=json.dumps(job))
+        raise Transient(f"async report run {run_id} not complete after {self.max_polls} polls", code="poll_limit")
+
+    def _row(self, item: Any, account: str, act: str, day: date) -> Row:
+        if not isinstance(item, dict):
+            raise DataError(f"insights row is {type(item).__name__}, expected an object")
+        required = ("campaign_id", "campaign_name", "impressions", "clicks", "spend", "account_currency", "date_start")
+        missing = [k for k in required if k not in item]
+        if missing:
+            raise DataError(f"insights row lacks {', '.join(missing)} (schema drift?); keys: {sorted(item)}",
+                            body=json.dumps(item))
+        if "account_id" in item and str(item["account_id"]) != act:
+            raise DataError(f"row of account {str(item['account_id'])[:40]!r} in a report for {act!r}")
+        if item["date_start"] != day.isoformat() or item.get("date_stop", item["date_start"]) != day.isoformat():
+            raise DataError(f"row for {item['date_start']!r}..{item.get('date_stop')!r} in a report for {day}")
+        currency = item["account_currency"]
+        if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
+            raise DataError(f"account_currency {str(currency)[:20]!r} is not an ISO 4217 code")
+        name = item["campaign_name"]
+        if not isinstance(name, str):
+            raise DataError("campaign_name is not a string")
+        return Row(
+            date=day,
+            media=self.media,
+            account_id=account,
+            campaign_id=check_id(item["campaign_id"], "campaign id"),
+            campaign_name=name,
+            impressions=parse_int(item["impressions"], "impressions"),
+            clicks=parse_int(item["clicks"], "clicks"),
+            spend=parse_decimal(item["spend"], "spend"),
+            conversions=self._conversions(item.get("actions")),
+            currency=currency,
+        )
+
+    def _conversions(self, actions: Any) -> Decimal:
+        if actions is None:
+            return Decimal(0)
+        if not isinstance(actions, list):
+            raise DataError("actions is not a list")
+        total = Decimal(0)
+        for action in actions:
+            if isinstance(action, dict) and action.get("action_type") == self.conversion_action_type:
+                total += parse_decimal(action.get("value"), "actions.value")
+        return total

@@ -1,0 +1,246 @@
+"""Yahoo! JAPAN Ads Search Ads API: ReportDefinitionService add → get (poll) → download CSV.
+
+Flow per (account, day): ``add`` a CAMPAIGN report for ``CUSTOM_DATE`` day..day (CSV,
+UTF8, EN headers, uncompressed) → ``reportJobId``; ``get`` until ``reportJobStatus`` is
+COMPLETED (WAIT / IN_PROGRESS keep polling, via ``HttpSession.poll_wait``); ``download``
+the CSV. The CSV header uses English display names ("Day", "Campaign ID", ...); a missing
+column is schema drift (DataError). The summary row ("Total", empty Campaign ID) is skipped.
+
+Decisions: a job ending FAILED is Transient — the job failed on the platform's side and a
+retry creates a fresh job; repeated failures exhaust the supervisor's attempts and the
+report fails with the platform's ``reportJobErrorDetail`` as reason. Currency is the
+account's (JPY unless the ``currency`` option says otherwise; the report has no currency
+column). Cost is in currency units.
+
+Sources: github.com/yahoojp-marketing/ads-search-api-documents (bestpractice/en/
+search_ads_report.md, bestpractice/en/errorcodes.md, design/Response4xx/5xx.yaml,
+design/v0/reportdefinition/*.yaml) and ads-search-api-python-samples/report_sample.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date, datetime
+from typing import Any, ClassVar
+
+import httpx
+
+from ingest.config import ACCOUNT_RE
+from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, Throttled, Transient
+from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int
+
+FIELDS = ("DAY", "CAMPAIGN_ID", "CAMPAIGN_NAME", "IMPS", "CLICKS", "COST", "CONVERSIONS")
+#: report field → column header when reportLanguage is EN
+COLUMNS = {
+    "DAY": "Day",
+    "CAMPAIGN_ID": "Campaign ID",
+    "CAMPAIGN_NAME": "Campaign Name",
+    "IMPS": "Impressions",
+    "CLICKS": "Clicks",
+    "COST": "Cost",
+    "CONVERSIONS": "Conversions",
+}
+SUMMARY_LABELS = frozenset({"Total", "total", "合計", "総計"})
+#: error codes (errorcodes.md, Response4xx/5xx.yaml)
+THROTTLE_CODES = frozenset({"0003"})  # Frequency limit exceeded (HTTP 403)
+TRANSIENT_CODES = frozenset({"0002", "0099"})  # internal error (500), out of service (503)
+AUTH_CODES = frozenset({"0110", "0111", "0112", "0113", "0114", "0098"})  # token/account/permission
+RUNNING = frozenset({"WAIT", "IN_PROGRESS"})
+
+
+def check_id(value: Any, what: str) -> str:
+    """An id from a response must look like one: it reaches GCS paths and SQL."""
+    if not isinstance(value, str) or not ACCOUNT_RE.fullmatch(value):
+        raise DataError(f"{what} {str(value)[:80]!r} is not a valid id")
+    return value
+
+
+def classify(status: int, errors: list[Any], headers: httpx.Headers, raw: bytes) -> IngestError:
+    """Envelope ``errors[].code`` first (0003 is a throttle even at HTTP 403), then the status."""
+    codes = [str(e.get("code")) for e in errors if isinstance(e, dict) and e.get("code") is not None]
+    first = next((e for e in errors if isinstance(e, dict)), {})
+    msg = str(first.get("message") or f"HTTP {status}")
+    kw: dict[str, Any] = {"status": status, "body": raw, "code": ",".join(codes[:3]) or None}
+    if status == 429 or THROTTLE_CODES.intersection(codes):
+        try:
+            retry_after = float(headers["retry-after"]) if headers.get("retry-after") else None
+        except ValueError:
+            retry_after = None
+        return Throttled(f"frequency limit: {msg}", retry_after=retry_after, **kw)
+    if TRANSIENT_CODES.intersection(codes) or status >= 500:
+        return Transient(msg, **kw)
+    if AUTH_CODES.intersection(codes) or status in (401, 403):
+        return AuthError(msg, **kw)
+    return BadRequest(msg, **kw)
+
+
+def _parse_day(value: str) -> date | None:
+    for fmt in ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d"):
+        try:
+            return datetime.strptime(value, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+class YahooAdsConnector(Connector):
+    name: ClassVar[str] = "yahoo_ads"
+    credential_names: ClassVar[tuple[str, ...]] = ("access_token",)
+
+    def __init__(self, settings: ConnectorSettings) -> None:
+        super().__init__(settings)
+        opts = settings.options
+        base = opts.get("base_account_id")
+        self.base_account_id = None if base is None else str(base)
+        if self.base_account_id is not None and not self.base_account_id.isdigit():
+            raise ConfigError(f"yahoo_ads option base_account_id must be digits, not {base!r}")
+        self.currency = opts.get("currency", "JPY")
+        self.max_polls = opts.get("max_polls", 60)
+        if not (isinstance(self.currency, str) and len(self.currency) == 3 and self.currency.isupper()):
+            raise ConfigError(f"yahoo_ads option currency must be an ISO 4217 code, not {self.currency!r}")
+        if not isinstance(self.max_polls, int) or isinstance(self.max_polls, bool) or self.max_polls < 1:
+            raise ConfigError(f"yahoo_ads option max_polls must be a positive integer, not {self.max_polls!r}")
+
+    def minimum_requests(self) -> int:
+        return 3  # add + one get + download
+
+    def _url(self, op: str) -> str:
+        return f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}/ReportDefinitionService/{op}"
+
+    def _headers(self, account: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.settings.secret('access_token')}",
+            "x-z-base-account-id": self.base_account_id or account,
+        }
+
+    async def _post(self, http: HttpSession, op: str, account: str, body: dict[str, Any]) -> httpx.Response:
+        response = await http.request("POST", self._url(op), json_body=body, headers=self._headers(account))
+        if response.status_code != 200:
+            raise classify(response.status_code, self._errors(response), response.headers, response.content)
+        return response
+
+    @staticmethod
+    def _errors(response: httpx.Response) -> list[Any]:
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            return []
+        errors = body.get("errors") if isinstance(body, dict) else None
+        return errors if isinstance(errors, list) else []
+
+    async def _envelope(self, http: HttpSession, op: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST and return the single ``rval.values[0]`` (Full and Part errors classified)."""
+        response = await self._post(http, op, account, body)
+        try:
+            env = json.loads(response.content)
+        except ValueError as exc:
+            raise DataError(f"malformed JSON body: {exc}", status=200, body=response.content) from None
+        if not isinstance(env, dict):
+            raise DataError("envelope is not a JSON object", status=200, body=response.content)
+        if env.get("errors"):  # "Full Error": HTTP 200, whole request refused
+            raise classify(200, env["errors"] if isinstance(env["errors"], list) else [], response.headers, response.content)
+        values = (env.get("rval") or {}).get("values") if isinstance(env.get("rval"), dict) else None
+        if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], dict):
+            raise DataError("expected exactly one rval.values entry", status=200, body=response.content)
+        value = values[0]
+        if value.get("operationSucceeded") is not True:  # "Part Error"
+            errs = value.get("errors") if isinstance(value.get("errors"), list) else []
+            raise classify(200, errs, response.headers, response.content)
+        definition = value.get("reportDefinition")
+        if not isinstance(definition, dict):
+            raise DataError("rval.values[0] has no reportDefinition", status=200, body=response.content)
+        if "accountId" in definition and str(definition["accountId"]) != account:
+            raise DataError(f"report of account {str(definition['accountId'])[:40]!r} for {account!r}")
+        return definition
+
+    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
+        try:
+            if not account.isdigit():
+                raise BadRequest(f"Yahoo! JAPAN Ads account id must be digits, not {account!r}")
+            ymd = day.strftime("%Y%m%d")
+            operand = {
+                "reportName": f"ingest-{account}-{ymd}",
+                "reportType": "CAMPAIGN",
+                "fields": list(FIELDS),
+                "reportDateRangeType": "CUSTOM_DATE",
+                "dateRange": {"startDate": ymd, "endDate": ymd},
+                "reportDownloadFormat": "CSV",
+                "reportDownloadEncode": "UTF8",
+                "reportLanguage": "EN",
+                "reportCompressType": "NONE",
+                "reportIncludeDeleted": "TRUE",
+                "reportIncludeZeroImpressions": "TRUE",
+            }
+            added = await self._envelope(http, "add", account, {"accountId": int(account), "operand": [operand]})
+            job_id = added.get("reportJobId")
+            if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+                raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
+            await self._wait(http, account, job_id)
+            response = await self._post(http, "download", account, {"accountId": int(account), "reportJobId": job_id})
+            return self._parse_csv(response, account, day)
+        except IngestError as exc:
+            raise exc.with_report(self.media, account, day.isoformat()) from None
+
+    async def _wait(self, http: HttpSession, account: str, job_id: int) -> None:
+        for polls in range(self.max_polls):
+            await http.poll_wait(polls)
+            definition = await self._envelope(http, "get", account, {"accountId": int(account), "reportJobIds": [job_id]})
+            status = definition.get("reportJobStatus")
+            if status == "COMPLETED":
+                return
+            if status == "FAILED":
+                detail = definition.get("reportJobErrorDetail") or "no detail"
+                raise Transient(f"report job {job_id} FAILED: {detail}", code="FAILED", body=json.dumps(definition))
+            if status not in RUNNING:
+                raise DataError(f"unknown reportJobStatus {str(status)[:40]!r}", body=json.dumps(definition))
+        raise Transient(f"report job {job_id} not complete after {self.max_polls} polls", code="poll_limit")
+
+    def _parse_csv(self, response: httpx.Response, account: str, day: date) -> list[Row]:
+        raw = response.content
+        if raw.lstrip()[:1] == b"{":  # an error envelope served with 200 instead of the CSV
+            errors = self._errors(response)
+            if errors:
+                raise classify(200, errors, response.headers, raw)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"report is not UTF-8: {exc}", body=raw) from None
+        try:
+            records = list(csv.reader(io.StringIO(text)))
+        except csv.Error as exc:
+            raise DataError(f"malformed CSV: {exc}", body=raw) from None
+        records = [r for r in records if any(cell.strip() for cell in r)]
+        if not records:
+            raise DataError("report CSV is empty (no header row)", body=raw)
+        header = [h.strip() for h in records[0]]
+        missing = [name for name in COLUMNS.values() if name not in header]
+        if missing:
+            raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); header: {header}", body=raw)
+        col = {field: header.index(name) for field, name in COLUMNS.items()}
+        rows = []
+        for record in records[1:]:
+            if len(record) != len(header):
+                raise DataError(f"CSV row has {len(record)} cells, header has {len(header)}", body=raw)
+            first = record[0].strip()
+            if first in SUMMARY_LABELS or record[col["DAY"]].strip() in SUMMARY_LABELS or not record[col["CAMPAIGN_ID"]].strip():
+                continue  # the report summary row
+            row_day = _parse_day(record[col["DAY"]].strip())
+            if row_day != day:
+                raise DataError(f"row for {record[col['DAY']][:20]!r} in a report for {day}", body=raw)
+            rows.append(
+                Row(
+                    date=day,
+                    media=self.media,
+                    account_id=account,
+                    campaign_id=check_id(record[col["CAMPAIGN_ID"]].strip(), "campaign id"),
+                    campaign_name=record[col["CAMPAIGN_NAME"]],
+                    impressions=parse_int(record[col["IMPS"]].strip(), "Impressions"),
+                    clicks=parse_int(record[col["CLICKS"]].strip(), "Clicks"),
+                    spend=parse_decimal(record[col["COST"]].strip(), "Cost"),
+                    conversions=parse_decimal(record[col["CONVERSIONS"]].strip(), "Conversions"),
+                    currency=self.currency,
+                )
+            )
+        return rows

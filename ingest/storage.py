@@ -1,0 +1,94 @@
+"""Where things live in GCS: deterministic object names, so a retried write is harmless.
+
+    raw/{media}/dt={date}/{account}.json     every HTTP exchange of the last good fetch
+    raw/{media}/dt={date}/{account}.csv      normalized rows (header + rows), what BigQuery loads
+    failed/{media}/dt={date}/{account}.json  the raw exchanges of the last *failed* attempt
+
+A re-run overwrites the same names, so GCS never holds two copies of one report. Every name
+part is validated before it reaches a path (see ingest.config patterns).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from ingest.config import check_account, check_name
+from ingest.errors import Transient
+
+
+@dataclass(frozen=True, slots=True)
+class ReportPaths:
+    bucket: str
+    media: str
+    account: str
+    day: date
+
+    def _base(self, kind: str) -> str:
+        return f"{kind}/{check_name(self.media, 'media')}/dt={self.day.isoformat()}/{check_account(self.account)}"
+
+    @property
+    def raw_json(self) -> str:
+        return self._base("raw") + ".json"
+
+    @property
+    def rows_csv(self) -> str:
+        return self._base("raw") + ".csv"
+
+    @property
+    def failed_json(self) -> str:
+        return self._base("failed") + ".json"
+
+    def uri(self, name: str) -> str:
+        return f"gs://{self.bucket}/{name}"
+
+
+def partition_prefix(media: str, day: date) -> str:
+    return f"raw/{check_name(media, 'media')}/dt={day.isoformat()}/"
+
+
+def partition_csv_uri(bucket: str, media: str, day: date) -> str:
+    """Wildcard URI of one (media, date): one BigQuery load job per partition, never per account."""
+    return f"gs://{bucket}/{partition_prefix(media, day)}*.csv"
+
+
+class ReportStore:
+    """Writes and reads report objects; translates GCS client errors into our taxonomy."""
+
+    def __init__(self, client: storage.Client, bucket: str) -> None:
+        self.client = client
+        self.bucket_name = bucket
+        self.bucket = client.bucket(bucket)
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.create_bucket(self.bucket_name)
+        except gexc.Conflict:
+            pass
+
+    def put(self, name: str, data: bytes, content_type: str) -> int:
+        try:
+            self.bucket.blob(name).upload_from_string(data, content_type=content_type)
+        except (gexc.ServerError, gexc.TooManyRequests, ConnectionError) as exc:
+            raise Transient(f"GCS write of {name} failed: {type(exc).__name__}") from None
+        return len(data)
+
+    def put_json(self, name: str, doc: Any) -> int:
+        return self.put(name, json.dumps(doc, ensure_ascii=False, default=str).encode("utf-8"), "application/json")
+
+    def get(self, name: str) -> bytes:
+        return self.bucket.blob(name).download_as_bytes()
+
+    def list(self, prefix: str) -> list[str]:
+        return [b.name for b in self.client.list_blobs(self.bucket_name, prefix=prefix)]
+
+    def delete(self, name: str) -> None:
+        try:
+            self.bucket.blob(name).delete()
+        except gexc.NotFound:
+            pass

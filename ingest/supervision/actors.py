@@ -1,0 +1,138 @@
+"""The Ray shells around the supervision logic. Thin on purpose: logic lives in plain classes.
+
+Every actor declares its resources: fetchers are I/O-bound async processes (a fraction of a
+CPU each, many reports in flight), the supervisor is nearly idle bookkeeping. Per media that
+is 1 supervisor + ``fetchers`` processes, so a night costs about 2 × media worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import httpx
+import ray
+import structlog
+
+from ingest.config import GcsSettings, MediaSettings
+from ingest.errors import IngestError
+from ingest.logging import configure_logging
+from ingest.media.base import Secret, Usage
+from ingest.clients import gcs_client
+from ingest.storage import ReportStore
+from ingest.supervision.fetcher import ReportFetcher, build_connector
+from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
+from ingest.tasks import Event, ReportKey, ReportResult
+
+FETCHER_CPUS = 0.25
+SUPERVISOR_CPUS = 0.05
+FETCHER_MEMORY = 300 * 1024 * 1024
+SUPERVISOR_MEMORY = 200 * 1024 * 1024
+
+
+@ray.remote
+class FetcherActor:
+    """One process fetching many reports of one media concurrently (async)."""
+
+    def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
+                 project: str, supervisor: Any, log_context: dict[str, Any]) -> None:
+        configure_logging()
+        structlog.contextvars.bind_contextvars(**log_context, media=media)
+        self.supervisor = supervisor
+        self._utilization: float | None = None
+        client = httpx.AsyncClient(
+            timeout=settings.timeout_s,
+            limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
+        )
+        store = ReportStore(gcs_client(gcs, project), gcs.bucket)
+        self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, client)
+
+    async def ready(self) -> int:
+        return os.getpid()
+
+    async def fetch(self, key: ReportKey) -> ReportResult:
+        async def gate() -> None:
+            utilization, self._utilization = self._utilization, None
+            await self.supervisor.permit.remote(utilization)
+
+        def on_usage(usage: Usage) -> None:
+            self._utilization = max(self._utilization or 0.0, usage.utilization)
+
+        with structlog.contextvars.bound_contextvars(account=key.account, date=key.day.isoformat()):
+            return await self.core.fetch(key, gate=gate, on_usage=on_usage)
+
+
+class RayFetcher(FetcherHandle):
+    """Adapts a FetcherActor to the supervisor's FetcherHandle; a dead process → WorkerDied."""
+
+    def __init__(self, actor: Any, pid: int) -> None:
+        self.actor = actor
+        self.pid = pid
+
+    async def fetch(self, key: ReportKey) -> ReportResult:
+        try:
+            return await self.actor.fetch.remote(key)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, IngestError):
+                raise cause from None
+            raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
+        except ray.exceptions.RayActorError as exc:
+            raise WorkerDied(f"pid {self.pid}: {type(exc).__name__}") from None
+
+
+@ray.remote
+class SupervisorActor:
+    """The media's supervisor process: streams events to the driver, hands out quota permits."""
+
+    def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
+                 project: str, deadline_epoch: float | None, log_context: dict[str, Any]) -> None:
+        configure_logging()
+        structlog.contextvars.bind_contextvars(**log_context, media=media)
+        self.media = media
+        self.settings = settings
+        self._args = (media, settings, secrets, gcs, project)
+        self._log_context = log_context
+        self.fetchers: dict[int, RayFetcher] = {}
+        deadline = None if deadline_epoch is None else time.monotonic() + (deadline_epoch - time.time())
+        self.core = MediaSupervisor(media, settings, self._spawn, deadline=deadline)
+
+    async def _spawn(self, index: int) -> FetcherHandle:
+        me = ray.get_runtime_context().current_actor
+        actor = FetcherActor.options(
+            num_cpus=FETCHER_CPUS,
+            memory=FETCHER_MEMORY,
+            max_concurrency=self.settings.concurrency + 2,
+            max_restarts=0,  # restarts are ours: with backoff and an intensity limit
+        ).remote(*self._args, me, self._log_context)
+        pid = await actor.ready.remote()
+        handle = RayFetcher(actor, pid)
+        self.fetchers[index] = handle
+        return handle
+
+    async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None):  # type: ignore[no-untyped-def]
+        async for event in self.core.run(keys, first_attempt):
+            yield event
+
+    async def permit(self, utilization: float | None = None) -> None:
+        await self.core.permit(utilization)
+
+    async def status(self) -> dict[str, Any]:
+        return self.core.status()
+
+    async def fetcher_pids(self) -> list[int]:
+        return [h.pid for h in self.fetchers.values()]
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+def start_supervisor(media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings, project: str,
+                     deadline_epoch: float | None, log_context: dict[str, Any]) -> Any:
+    return SupervisorActor.options(
+        num_cpus=SUPERVISOR_CPUS, memory=SUPERVISOR_MEMORY, max_concurrency=1000, max_restarts=0,
+    ).remote(media, settings, secrets, gcs, project, deadline_epoch, log_context)
+
+
+__all__ = ["FetcherActor", "SupervisorActor", "RayFetcher", "start_supervisor", "Event"]

@@ -1,0 +1,101 @@
+"""Fetch one report and land it in GCS.
+
+``ReportFetcher`` is the plain logic (testable without Ray): run the connector through an
+``HttpSession``, check the rows belong to the report asked for, write raw JSON then CSV to
+their deterministic paths. On failure it keeps the raw exchanges under ``failed/`` and
+re-raises the classified error; it never retries — the supervisor decides that.
+``FetcherActor`` is the thin Ray shell: one process, many reports in flight (async).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import structlog
+
+from ingest.config import MediaSettings
+from ingest.errors import ConfigError, DataError, IngestError
+from ingest.media.base import ConnectorSettings, Connector, HttpSession, Row, Secret, Usage, ensure_classified, rows_to_csv
+from ingest.media.registry import connector_class
+from ingest.storage import ReportPaths, ReportStore
+from ingest.supervision.limiter import poll_interval
+from ingest.tasks import ReportKey, ReportResult, Totals
+
+log = structlog.get_logger("ingest.fetcher")
+
+
+def build_connector(media: str, settings: MediaSettings, secrets: dict[str, Secret]) -> Connector:
+    cls = connector_class(settings.connector)
+    return cls(ConnectorSettings(media, settings.base_url, settings.api_version, dict(secrets), dict(settings.options)))
+
+
+def resolve_secrets(media: str, settings: MediaSettings, environ: dict[str, str]) -> dict[str, Secret]:
+    """Read the media's credentials from the environment; a missing one is a config error."""
+    out: dict[str, Secret] = {}
+    for name, var in settings.credentials.items():
+        value = environ.get(var)
+        if not value:
+            raise ConfigError(f"media.{media}.credentials.{name}: environment variable {var} is not set")
+        out[name] = Secret(value)
+    return out
+
+
+class ReportFetcher:
+    def __init__(self, media: str, settings: MediaSettings, connector: Connector, store: ReportStore, client: httpx.AsyncClient) -> None:
+        self.media = media
+        self.settings = settings
+        self.connector = connector
+        self.store = store
+        self.client = client
+
+    async def fetch(
+        self,
+        key: ReportKey,
+        gate: Any = None,
+        on_usage: Any = None,
+    ) -> ReportResult:
+        quota = self.settings.quota
+
+        async def poll_wait(n: int) -> None:
+            await asyncio.sleep(poll_interval(n, quota.poll_min_s, quota.poll_max_s))
+
+        session = HttpSession(self.client, gate=gate, poll_wait=poll_wait, on_usage=on_usage)
+        paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day)
+        started = time.perf_counter()
+        try:
+            rows = await self.connector.fetch(session, key.account, key.day)
+            self._check_rows(key, rows)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure is classified and its raw kept
+            error = ensure_classified(exc, key.media, key.account, key.day)
+            doc = {**session.raw_document(), "error": {"kind": error.kind, "message": error.message, "status": error.status}}
+            try:
+                await asyncio.to_thread(self.store.put_json, paths.failed_json, doc)
+            except IngestError as store_exc:
+                log.warning("failed_raw_not_kept", report=str(key), error=str(store_exc))
+            raise error from None
+        raw_bytes = await asyncio.to_thread(self.store.put_json, paths.raw_json, session.raw_document())
+        # CSV last: the BigQuery load reads *.csv, so a report is visible only once complete.
+        csv_bytes = await asyncio.to_thread(self.store.put, paths.rows_csv, rows_to_csv(rows), "text/csv")
+        return ReportResult(
+            key=key,
+            totals=Totals.of(rows),
+            bytes=raw_bytes + csv_bytes,
+            requests=session.requests,
+            paths=(paths.uri(paths.raw_json), paths.uri(paths.rows_csv)),
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    def _check_rows(self, key: ReportKey, rows: list[Row]) -> None:
+        """A report must hold only its own (media, account, date) and each campaign once."""
+        seen: set[str] = set()
+        for row in rows:
+            if (row.media, row.account_id, row.date) != (key.media, key.account, key.day):
+                raise DataError(f"row for {row.media}/{row.account_id}/{row.date} in report {key}")
+            if row.campaign_id in seen:
+                raise DataError(f"campaign {row.campaign_id!r} appears twice in report {key}")
+            seen.add(row.campaign_id)

@@ -1,0 +1,227 @@
+"""One supervisor per media: owns its work queue, retries, quota, breaker and fetchers.
+
+``MediaSupervisor`` is the plain logic, testable without Ray: it hands reports to a small
+pool of fetchers, asks ``RetryPolicy`` what to do with each failure, pauses on throttles,
+stops sending while the breaker is open, replaces dead fetchers within an Erlang-style
+restart intensity, and streams ``Event``s as they happen. ``SupervisorActor`` (bottom) is
+the thin Ray shell; the driver consumes its event stream and writes the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+
+from ingest.config import MediaSettings, RestartSettings
+from ingest.errors import IngestError, RetriableError, Throttled
+from ingest.supervision.breaker import CircuitBreaker
+from ingest.supervision.limiter import RateLimiter
+from ingest.supervision.policy import RetryPolicy
+from ingest.tasks import Event, ReportKey, ReportResult
+
+log = structlog.get_logger("ingest.supervisor")
+
+
+class WorkerDied(Exception):
+    """The fetcher process died while it held a report (killed, OOM, node lost)."""
+
+
+class FetcherHandle(Protocol):
+    async def fetch(self, key: ReportKey) -> ReportResult:
+        """Fetch and land one report; raise an IngestError, or WorkerDied if the process is gone."""
+
+
+Spawn = Callable[[int], Awaitable[FetcherHandle]]
+
+
+class RestartIntensity:
+    """At most ``max_restarts`` within ``period_s``; one more means escalate (Erlang/OTP)."""
+
+    def __init__(self, settings: RestartSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._times: deque[float] = deque()
+        self.total = 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        while self._times and now - self._times[0] > self.settings.period_s:
+            self._times.popleft()
+        if len(self._times) >= self.settings.max_restarts:
+            return False
+        self._times.append(now)
+        self.total += 1
+        return True
+
+    def backoff(self) -> float:
+        n = len(self._times)
+        return min(self.settings.backoff_max_s, self.settings.backoff_min_s * 2 ** max(0, n - 1))
+
+
+class MediaSupervisor:
+    def __init__(
+        self,
+        media: str,
+        settings: MediaSettings,
+        spawn: Spawn,
+        *,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.media = media
+        self.settings = settings
+        self.spawn = spawn
+        self.clock = clock
+        self.policy = RetryPolicy(settings.retry, deadline=deadline, rng=rng, clock=clock)
+        self.limiter = RateLimiter(settings.quota.requests_per_second, settings.quota.burst, clock=clock)
+        self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock)
+        self.restarts = RestartIntensity(settings.restarts, clock=clock)
+        self.fetchers: list[FetcherHandle] = []
+        self.given_up: str | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[float, int, ReportKey, int]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._pending = 0
+        self._open_cycles = 0
+        self._restart_locks: dict[int, asyncio.Lock] = {}
+        self.counts = {"done": 0, "failed": 0, "retries": 0, "restarts": 0, "throttled": 0}
+
+    # -- quota: every request of every fetcher of this media comes through here ----------
+    async def permit(self, utilization: float | None = None) -> None:
+        if utilization is not None:
+            self.limiter.observe_usage(utilization)
+        await self.limiter.acquire()
+
+    # -- the run --------------------------------------------------------------------------
+    async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None) -> AsyncIterator[Event]:
+        """Fetch every key; yield events until each key is done or failed."""
+        first_attempt = first_attempt or {}
+        self._pending = len(keys)
+        if not keys:
+            return
+        for key in keys:
+            self._put(key, first_attempt.get(key, 1), 0.0)
+        n = self.settings.fetchers
+        self.fetchers = [await self.spawn(i) for i in range(n)]
+        self._restart_locks = {i: asyncio.Lock() for i in range(n)}
+        slots = [asyncio.create_task(self._slot(i % n)) for i in range(n * self.settings.concurrency)]
+        try:
+            while self._pending > 0:
+                yield await self._events.get()
+            while not self._events.empty():
+                yield self._events.get_nowait()
+        finally:
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
+
+    def _put(self, key: ReportKey, attempt: int, delay: float) -> None:
+        self._queue.put_nowait((self.clock() + delay, next(self._seq), key, attempt))
+
+    def _emit(self, event: Event) -> None:
+        if event.kind in ("done", "failed"):
+            self._pending -= 1
+            self.counts[event.kind] += 1
+        self._events.put_nowait(event)
+
+    async def _slot(self, index: int) -> None:
+        while True:
+            ready_at, _, key, attempt = await self._queue.get()
+            wait = ready_at - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not await self._wait_for_breaker(key, attempt):
+                continue
+            handle = self.fetchers[index]
+            try:
+                result = await handle.fetch(key)
+            except WorkerDied as exc:
+                self._put(key, attempt, 0.0)  # not an API attempt: fetched once more
+                await self._replace(index, handle, key, str(exc))
+                continue
+            except IngestError as err:
+                self._on_error(key, attempt, err)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must fail the report, not the run
+                self._on_error(key, attempt, IngestError(f"{type(exc).__name__}: {exc}"))
+                continue
+            if self.breaker.state != "closed":
+                self._emit(Event("breaker_closed", self.media, key, attempt))
+            self.breaker.record_success()
+            self._open_cycles = 0
+            self._emit(Event("done", self.media, key, attempt, result=result))
+
+    async def _wait_for_breaker(self, key: ReportKey, attempt: int) -> bool:
+        """Hold the report while the breaker is open; fail it if the media was given up."""
+        while True:
+            if self.given_up:
+                self._emit(Event("failed", self.media, key, attempt - 1, error_kind="unavailable", message=self.given_up))
+                return False
+            if self.breaker.allow():
+                return True
+            await asyncio.sleep(max(0.05, self.breaker.wait_s()))
+
+    def _on_error(self, key: ReportKey, attempt: int, err: IngestError) -> None:
+        err.with_report(key.media, key.account, key.day.isoformat())
+        if isinstance(err, RetriableError):
+            if isinstance(err, Throttled):
+                self.counts["throttled"] += 1
+                if err.retry_after:
+                    self.limiter.pause(min(err.retry_after, self.settings.retry.max_hint_s))
+            if self.breaker.record_failure():
+                self._open_cycles += 1
+                log.warning("breaker_open", media=self.media, cycle=self._open_cycles, reason=str(err))
+                self._emit(Event("breaker_open", self.media, key, attempt, error_kind=err.kind, message=str(err),
+                                 extra={"cycle": self._open_cycles}))
+                if self._open_cycles > self.settings.breaker.max_open_cycles:
+                    self.given_up = (f"circuit breaker opened {self._open_cycles} times without a success: "
+                                     f"{self.media} API unavailable; last error: {err}")
+        else:
+            self.breaker.record_neutral()
+        decision = self.policy.decide(err, attempt)
+        log.info("retry_decision", media=self.media, report=str(key), attempt=attempt, error=err.kind,
+                 action=decision.action, delay_s=round(decision.delay_s, 3), reason=decision.reason)
+        if decision.retry and not self.given_up:
+            self.counts["retries"] += 1
+            self._emit(Event("retry", self.media, key, attempt, error_kind=err.kind, message=f"{err} → {decision.reason}",
+                             delay_s=decision.delay_s))
+            self._put(key, attempt + 1, decision.delay_s)
+        else:
+            reason = self.given_up or decision.reason
+            self._emit(Event("failed", self.media, key, attempt, error_kind=err.kind, message=f"{err} → {reason}"))
+
+    async def _replace(self, index: int, dead: FetcherHandle, key: ReportKey, why: str) -> None:
+        async with self._restart_locks[index]:
+            if self.fetchers[index] is not dead:
+                return  # another slot already replaced it
+            if not self.restarts.allow():
+                self.given_up = (f"fetcher processes of {self.media} crashed more than "
+                                 f"{self.settings.restarts.max_restarts} times in {self.settings.restarts.period_s:.0f}s")
+                log.error("escalated", media=self.media, reason=self.given_up)
+                self._emit(Event("escalated", self.media, key, message=self.given_up))
+                return
+            delay = self.restarts.backoff()
+            self.counts["restarts"] += 1
+            log.warning("fetcher_restart", media=self.media, index=index, delay_s=delay, reason=why)
+            self._emit(Event("restart", self.media, key, message=f"fetcher {index} died ({why}); restarting in {delay:.1f}s",
+                             delay_s=delay, extra={"fetcher": index}))
+            await asyncio.sleep(delay)
+            self.fetchers[index] = await self.spawn(index)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "media": self.media,
+            "pending": self._pending,
+            "breaker": self.breaker.state,
+            "rate": self.limiter.rate,
+            "given_up": self.given_up,
+            **self.counts,
+        }

@@ -1,0 +1,136 @@
+"""MediaSupervisor without Ray: retries, escalation, breaker give-up, crash replacement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import date
+from typing import Callable
+
+import pytest
+
+from ingest.config import MediaSettings
+from ingest.errors import AuthError, IngestError, Throttled, Transient
+from ingest.supervision.supervisor import MediaSupervisor, RestartIntensity, WorkerDied
+from ingest.tasks import Event, ReportKey, ReportResult, Totals
+
+DAY = date(2026, 11, 21)
+
+
+def settings(**over: object) -> MediaSettings:
+    base = {
+        "connector": "meta", "base_url": "http://127.0.0.1:1", "api_version": "v21.0",
+        "accounts": [{"id": "1", "advertiser": "a"}], "fetchers": 2, "concurrency": 3,
+        "retry": {"max_attempts": 4, "backoff_min_s": 0.001, "backoff_max_s": 0.01},
+        "breaker": {"failure_threshold": 3, "open_s": 0.02, "max_open_cycles": 2},
+        "restarts": {"max_restarts": 3, "period_s": 60, "backoff_min_s": 0.001, "backoff_max_s": 0.01},
+        "quota": {"requests_per_second": 1000, "burst": 100},
+    }
+    base.update(over)
+    return MediaSettings.model_validate(base)
+
+
+class ScriptedFetcher:
+    """Fails each key according to a script of exceptions, then succeeds."""
+
+    def __init__(self, script: dict[str, list[BaseException]], calls: Counter[str], alive: list[bool]) -> None:
+        self.script, self.calls, self.alive = script, calls, alive
+
+    async def fetch(self, key: ReportKey) -> ReportResult:
+        await asyncio.sleep(0)
+        self.calls[key.account] += 1
+        if not self.alive[0]:
+            raise WorkerDied("killed")
+        todo = self.script.get(key.account, [])
+        if todo:
+            exc = todo.pop(0)
+            if isinstance(exc, WorkerDied):
+                self.alive[0] = False
+            raise exc
+        return ReportResult(key, Totals(rows=1), 10, 1, (), 0.0)
+
+
+def run(sup: MediaSupervisor, keys: list[ReportKey]) -> list[Event]:
+    async def go() -> list[Event]:
+        return [e async for e in sup.run(keys)]
+
+    return asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def make(script: dict[str, list[BaseException]], **over: object) -> tuple[MediaSupervisor, Counter[str], list[int]]:
+    calls: Counter[str] = Counter()
+    spawned: list[int] = []
+
+    async def spawn(i: int) -> ScriptedFetcher:
+        spawned.append(i)
+        return ScriptedFetcher(script, calls, [True])
+
+    return MediaSupervisor("meta", settings(**over), spawn), calls, spawned
+
+
+def keys(*accounts: str) -> list[ReportKey]:
+    return [ReportKey("meta", a, DAY) for a in accounts]
+
+
+def final(events: list[Event]) -> dict[str, Event]:
+    return {e.key.account: e for e in events if e.kind in ("done", "failed") and e.key}
+
+
+def test_retries_then_succeeds_and_fatal_fails_at_once() -> None:
+    sup, calls, _ = make({"a": [Transient("503"), Throttled("slow", retry_after=0.01)], "b": [AuthError("190")]})
+    events = run(sup, keys("a", "b", "c"))
+    out = final(events)
+    assert out["a"].kind == "done" and out["a"].attempt == 3
+    assert out["b"].kind == "failed" and out["b"].error_kind == "auth" and calls["b"] == 1
+    assert out["c"].kind == "done" and calls["c"] == 1
+    assert sum(1 for e in events if e.kind == "retry") == 2
+
+
+def test_exhausted_attempts_fail_with_reason() -> None:
+    sup, calls, _ = make({"a": [Transient("x")] * 10})
+    out = final(run(sup, keys("a", "b")))
+    assert out["a"].kind == "failed" and calls["a"] == 4 and "gave up after 4 attempts" in (out["a"].message or "")
+    assert out["b"].kind == "done"
+
+
+def test_breaker_opens_and_gives_up_when_api_stays_down() -> None:
+    sup, calls, _ = make({a: [Transient("down")] * 100 for a in "abcdefgh"},
+                         retry={"max_attempts": 50, "backoff_min_s": 0.001, "backoff_max_s": 0.002})
+    events = run(sup, keys(*"abcdefgh"))
+    out = final(events)
+    assert all(e.kind == "failed" for e in out.values()) and len(out) == 8
+    assert any(e.kind == "breaker_open" for e in events)
+    assert any("circuit breaker opened" in (e.message or "") for e in out.values())
+    assert sum(calls.values()) < 8 * 50  # the breaker stopped the hammering
+
+
+def test_dead_fetcher_is_replaced_and_report_fetched_exactly_once_more() -> None:
+    sup, calls, spawned = make({"a": [WorkerDied("pid 1")]}, fetchers=1, concurrency=1)
+    events = run(sup, keys("a", "b"))
+    out = final(events)
+    assert out["a"].kind == "done" and out["a"].attempt == 1  # a crash is not an API attempt
+    assert calls["a"] == 2
+    assert [e.kind for e in events].count("restart") == 1 and spawned == [0, 0]
+
+
+def test_restart_intensity_escalates() -> None:
+    sup, _, _ = make({a: [WorkerDied("boom")] for a in "abcdef"}, fetchers=1, concurrency=1,
+                     restarts={"max_restarts": 2, "period_s": 60, "backoff_min_s": 0.001, "backoff_max_s": 0.001})
+    events = run(sup, keys(*"abcdef"))
+    assert any(e.kind == "escalated" for e in events)
+    out = final(events)
+    assert len(out) == 6 and any(e.kind == "failed" for e in out.values())
+
+
+def test_restart_intensity_window() -> None:
+    t = [0.0]
+    ri = RestartIntensity(settings().restarts.model_copy(update={"max_restarts": 2, "period_s": 10}), clock=lambda: t[0])
+    assert ri.allow() and ri.allow() and not ri.allow()
+    t[0] = 11
+    assert ri.allow()
+
+
+def test_unexpected_exception_fails_report_not_run() -> None:
+    sup, _, _ = make({"a": [RuntimeError("bug")]})  # type: ignore[list-item]
+    out = final(run(sup, keys("a", "b")))
+    assert out["a"].kind == "failed" and out["b"].kind == "done"
