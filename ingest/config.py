@@ -194,6 +194,7 @@ class PipelineConfig(Strict):
     timezone: str = "Asia/Tokyo"
     max_backfill_days: int = Field(93, ge=1)
     run_deadline_s: float = Field(4 * 3600, gt=0)
+    lock_stale_s: float = Field(600, gt=0, description="a run's partition locks go stale after this long without a heartbeat")
     gcs: GcsSettings
     bigquery: BigQuerySettings
     database: DatabaseSettings

@@ -50,6 +50,7 @@ class RunRequest:
     media: list[str]
     accounts: list[str] | None = None
     force: bool = False
+    take_over: bool = False
 
 
 @dataclass
@@ -112,28 +113,40 @@ class NightlyJob:
         todo = all_keys if req.force else [k for k in all_keys if states.get(k, {}).get("status") != "done"]
         run_id = self.ledger.open_run(req.kind, req.dates, req.media)
         structlog.contextvars.bind_contextvars(run_id=run_id)
+        try:
+            taken = self.ledger.acquire(run_id, [(m, d) for m in req.media for d in req.dates],
+                                        stale_after_s=self.cfg.lock_stale_s, take_over=req.take_over)
+        except ConfigError:
+            self.ledger.close_run(run_id, "aborted", {"refused": "partitions locked by another run"})
+            raise
+        if taken:
+            log.warning("stale_locks_taken_over", from_runs=taken)
         report = RunReport(run_id, "running", EXIT_SUCCESS, {m: MediaSummary() for m in req.media})
-        for key in all_keys:
-            report.media[key.media].planned += 1
         todo_set = set(todo)
         for key in all_keys:
+            report.media[key.media].planned += 1
             if key not in todo_set:
                 report.media[key.media].skipped += 1
         log.info("run_planned", kind=req.kind, dates=[d.isoformat() for d in req.dates], reports=len(all_keys), to_fetch=len(todo))
         self.ledger.plan(run_id, todo)
+        beat = _Heartbeat(self.ledger, run_id, self.cfg.lock_stale_s / 4)
         try:
             store = ReportStore(gcs_client(self.cfg.gcs, self.cfg.project), self.cfg.gcs.bucket)
             store.ensure_bucket()
             started = time.perf_counter()
-            changed = self._fetch(run_id, todo, secrets, report) if todo else set()
+            if todo:
+                self._fetch(run_id, todo, secrets, report)
             report.fetch_s = time.perf_counter() - started
             started = time.perf_counter()
-            report.stage2 = self._stage2(run_id, changed, store)
+            # every partition that changed since its last good stage 2 — also by a run that died
+            report.stage2 = self._stage2(run_id, self.ledger.pending_partitions(req.media, req.dates), store)
             report.stage2_s = time.perf_counter() - started
         except BaseException:
             self.ledger.close_run(run_id, "aborted", self._counts(report))
             raise
         finally:
+            beat.stop()
+            self.ledger.release(run_id)
             self.progress.close()
         report.outcome, report.exit_code = self._outcome(report)
         report.failures = [
@@ -145,7 +158,7 @@ class NightlyJob:
         return report
 
     # -- fetch ------------------------------------------------------------------------------
-    def _fetch(self, run_id: str, todo: list[ReportKey], secrets: dict[str, dict[str, Secret]], report: RunReport) -> set[tuple[str, date]]:
+    def _fetch(self, run_id: str, todo: list[ReportKey], secrets: dict[str, dict[str, Secret]], report: RunReport) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -159,18 +172,16 @@ class NightlyJob:
         by_media: dict[str, list[ReportKey]] = defaultdict(list)
         for key in todo:
             by_media[key.media].append(key)
-        changed: set[tuple[str, date]] = set()
         deadline = time.time() + self.cfg.run_deadline_s
 
         async def main() -> None:
-            await asyncio.gather(*(self._drive_media(run_id, m, keys, secrets[m], deadline, report, changed)
+            await asyncio.gather(*(self._drive_media(run_id, m, keys, secrets[m], deadline, report)
                                    for m, keys in by_media.items()))
 
         asyncio.run(main())
-        return changed
 
     async def _drive_media(self, run_id: str, media: str, keys: list[ReportKey], secrets: dict[str, Secret],
-                           deadline: float, report: RunReport, changed: set[tuple[str, date]]) -> None:
+                           deadline: float, report: RunReport) -> None:
         import ray
 
         from ingest.supervision.actors import start_supervisor
@@ -187,7 +198,7 @@ class NightlyJob:
                 stream = supervisor.run.remote(sorted(remaining), next_attempt)
                 async for ref in stream:
                     event: Event = await ref
-                    self._record(run_id, event, summary, remaining, next_attempt, changed)
+                    self._record(run_id, event, summary, remaining, next_attempt)
                 return
             except ray.exceptions.RayActorError as exc:
                 log.error("supervisor_died", media=media, generation=generation, remaining=len(remaining), error=type(exc).__name__)
@@ -198,10 +209,10 @@ class NightlyJob:
         for key in sorted(remaining):
             event = Event("failed", media, key, next_attempt.get(key, 1) - 1, error_kind="unavailable",
                           message=f"supervisor of {media} died {SUPERVISOR_RESTARTS + 1} times")
-            self._record(run_id, event, summary, remaining, next_attempt, changed)
+            self._record(run_id, event, summary, remaining, next_attempt)
 
     def _record(self, run_id: str, event: Event, summary: Any, remaining: set[ReportKey],
-                next_attempt: dict[ReportKey, int], changed: set[tuple[str, date]]) -> None:
+                next_attempt: dict[ReportKey, int]) -> None:
         self.ledger.apply(run_id, event)
         if event.kind == "retry" and event.key:
             summary.retries += 1
@@ -215,17 +226,15 @@ class NightlyJob:
                 summary.done += 1
                 summary.rows += event.result.totals.rows
                 summary.requests += event.result.requests
-                changed.add((event.key.media, event.key.day))
             else:
                 summary.failed += 1
 
     # -- stage 2 -----------------------------------------------------------------------------
-    def _stage2(self, run_id: str, changed: set[tuple[str, date]], store: ReportStore) -> Any:
-        if not changed:
+    def _stage2(self, run_id: str, partitions: list[tuple[str, date]], store: ReportStore) -> Any:
+        if not partitions:
             return None
         from aggregations.stage2 import run_stage2
 
-        partitions = sorted(changed)
         result = run_stage2(self.cfg, partitions, run_id, self.ledger.fetched_totals(partitions), engine=self.engine, store=store)
         for (media, day), part in result.partitions.items():
             self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.message)
@@ -246,3 +255,25 @@ class NightlyJob:
 
     def _counts(self, report: RunReport) -> dict[str, Any]:
         return {m: vars(s) for m, s in report.media.items()}
+
+
+class _Heartbeat:
+    """Keeps this run's partition locks fresh from a daemon thread while the run is alive."""
+
+    def __init__(self, ledger: Ledger, run_id: str, every_s: float) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(ledger, run_id, every_s), daemon=True, name="lock-heartbeat")
+        self._thread.start()
+
+    def _loop(self, ledger: Ledger, run_id: str, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                ledger.heartbeat(run_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the run
+                log.warning("heartbeat_failed", error=type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

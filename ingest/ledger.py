@@ -19,6 +19,7 @@ import socket
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from pathlib import Path
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ingest.errors import ConfigError
 from ingest.tasks import TERMINAL, Event, ReportKey, Totals
 
 RunOutcome = Literal["running", "success", "partial", "failed", "aborted"]
@@ -103,6 +105,25 @@ stage_steps = sa.Table(
 )
 
 
+locks = sa.Table(
+    "ingest_locks",
+    metadata,
+    sa.Column("media", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class LockedError(ConfigError):
+    """Another live run holds one of the (media, date) partitions this run needs."""
+
+    kind = "locked"
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -129,7 +150,58 @@ class Ledger:
         self.engine = engine
 
     def migrate(self) -> None:
-        metadata.create_all(self.engine)
+        """Apply Alembic migrations up to head (idempotent; run on every CLI start)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    # -- one run per (media, date) at a time ----------------------------------------------
+    def acquire(self, run_id: str, partitions: Iterable[tuple[str, date]], *, stale_after_s: float, take_over: bool = False) -> list[str]:
+        """Lock every partition for ``run_id`` or none. Return the runs whose stale locks were taken.
+
+        A lock whose heartbeat is older than ``stale_after_s`` (its driver died) — or any lock
+        when ``take_over`` — is taken with a conditional UPDATE, so two contenders cannot both win.
+        """
+        parts = sorted(set(partitions))
+        holder = started_by()
+        taken: set[str] = set()
+        cutoff = now().timestamp() - stale_after_s
+        with self.engine.begin() as conn:
+            for media, day in parts:
+                ins = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(locks).values(
+                    media=media, date=day, run_id=run_id, holder=holder, heartbeat_at=now()).on_conflict_do_nothing()
+                if conn.execute(ins).rowcount == 1:
+                    continue
+                row = conn.execute(sa.select(locks).where(locks.c.media == media, locks.c.date == day)).mappings().one()
+                beat = row["heartbeat_at"]
+                beat_ts = (beat if beat.tzinfo else beat.replace(tzinfo=UTC)).timestamp()
+                if not take_over and beat_ts >= cutoff:
+                    age = now().timestamp() - beat_ts
+                    raise LockedError(
+                        f"{media} {day} is held by run {row['run_id']} ({row['holder']}, heartbeat {age:.0f}s ago); "
+                        f"wait for it, or pass --take-over if that run is dead (locks go stale after {stale_after_s:.0f}s)")
+                upd = locks.update().where(locks.c.media == media, locks.c.date == day, locks.c.run_id == row["run_id"],
+                                           locks.c.heartbeat_at == beat).values(run_id=run_id, holder=holder, heartbeat_at=now())
+                if conn.execute(upd).rowcount != 1:
+                    raise LockedError(f"{media} {day}: another run took the lock at the same moment; try again")
+                taken.add(row["run_id"])
+            for old in taken:
+                conn.execute(runs.update().where(runs.c.run_id == old, runs.c.outcome == "running").values(
+                    outcome="aborted", finished_at=now()))
+        return sorted(taken)
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(locks.update().where(locks.c.run_id == run_id).values(heartbeat_at=now()))
+
+    def release(self, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(locks.delete().where(locks.c.run_id == run_id))
 
     # -- runs -----------------------------------------------------------------------------
     def open_run(self, kind: str, dates: list[date], media: list[str]) -> str:
@@ -198,6 +270,10 @@ class Ledger:
             values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
             if event.kind == "done" and event.result is not None:
                 r = event.result
+                # the partition changed: stage 2 must (re)load it, even if this driver dies now
+                conn.execute(_upsert(self.engine, stage_steps, {
+                    "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
+                    "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
                 values.update(error_kind=None, error_message=None, rows=r.totals.rows, bytes=r.bytes, requests=r.requests,
                               impressions=r.totals.impressions, clicks=r.totals.clicks, spend=r.totals.spend,
                               conversions=r.totals.conversions, gcs_paths=json.dumps(list(r.paths)), duration_s=r.elapsed_s)
@@ -247,6 +323,15 @@ class Ledger:
             conn.execute(_upsert(self.engine, stage_steps, {
                 "media": media, "date": day, "run_id": run_id, "status": status, "loaded_rows": loaded_rows,
                 "message": message, "updated_at": now()}, ["media", "date"]))
+
+    def pending_partitions(self, media: Iterable[str], dates: Iterable[date]) -> list[tuple[str, date]]:
+        """(media, date) partitions whose reports changed since their last successful stage 2."""
+        media, dates = set(media), set(dates)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(stage_steps.c.media, stage_steps.c.date).where(
+                stage_steps.c.status.in_(("pending", "failed")), stage_steps.c.media.in_(media),
+                stage_steps.c.date.in_(dates))).all()
+        return sorted((r[0], r[1]) for r in rows)
 
     def stage_rows(self, dates: Iterable[date]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

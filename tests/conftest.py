@@ -136,3 +136,16 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shutdown() -> Iterator[None]:
+    """Tests share one local Ray (started by the first job); shut it down at the end."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

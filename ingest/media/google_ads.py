@@ -7,10 +7,9 @@ at their default value are *omitted* — so a missing metric is 0, while an *unk
 schema drift (the ``fieldMask`` says exactly what was selected). Numbers are parsed straight
 to ``Decimal`` (never through float); spend = ``costMicros`` / 1,000,000 exactly.
 
-Sources: developers.google.com/google-ads/api/rest/common/search (searchStream),
-/reference/rpc/vNN/SearchGoogleAdsStreamResponse, /QuotaErrorDetails, /docs/best-practices/
-quotas, /docs/concepts/api-errors + google.rpc.Status/RetryInfo; google-ads-python
-``google/ads/googleads/errors.py``. See docs/connectors.md.
+Sources: developers.google.com/google-ads/api/reference/rpc/vNN/SearchGoogleAdsStreamResponse,
+/QuotaErrorDetails, /InternalErrorEnum.InternalError, google.rpc.Status/Code/RetryInfo
+(googleapis). See docs/connectors.md.
 """
 
 from __future__ import annotations

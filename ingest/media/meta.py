@@ -13,10 +13,10 @@ Conversions = the sum of ``actions[].value`` whose ``action_type`` equals the op
 ``conversion_action_type`` (default ``offsite_conversion.fb_pixel_purchase``); a campaign
 without that action has 0. Spend is ``spend`` (a string in account currency units).
 
-Sources: developers.facebook.com/docs/marketing-api/insights (+ /async),
+Sources: developers.facebook.com/docs/marketing-api/insights (+ /best-practices),
 /docs/marketing-api/error-reference, /docs/marketing-api/insights/error-codes,
-/docs/graph-api/overview/rate-limiting; facebook-python-business-sdk
-``facebookads/utils/fberrcodes.py`` and ``adobjects/adreportrun.py``. See docs/connectors.md.
+/docs/marketing-api/overview/rate-limiting, /docs/graph-api/overview/rate-limiting;
+facebook-python-business-sdk ``facebookads/utils/fberrcodes.py``. See docs/connectors.md.
 """
 
 from __future__ import annotations

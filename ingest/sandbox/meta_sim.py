@@ -85,7 +85,7 @@ class MetaSimulator(Simulator):
 
     def denied_error(self, request: web.Request, account: str) -> web.Response:
         return _error(
-            200, f"(#200) Ad account owner has NOT grant ads_management or ads_read permission", status=403
+            200, "(#200) Ad account owner has NOT grant ads_management or ads_read permission", status=403
         )
 
     def throttle_error(self, request: web.Request, scope: str, account: str, wait_s: float) -> web.Response:

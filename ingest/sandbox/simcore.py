@@ -62,8 +62,9 @@ class SimConfig:
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     #: requests per second per account / per app (developer token); 0 disables the quota
-    account_rps: float = 20.0
-    app_rps: float = 50.0
+    #: (defaults sit above a media limiter of 20 rps + burst 5, so a healthy run has 0 violations)
+    account_rps: float = 30.0
+    app_rps: float = 60.0
     down: bool = False
     #: how long a "timeout" fault hangs before answering (longer than the client timeout)
     hang_s: float = 35.0
@@ -295,7 +296,7 @@ class Simulator:
 
     def _with_usage(self, response: web.Response, account: str) -> web.Response:
         for key, value in self.usage_headers(account).items():
-            response.headers[key] = value
+            response.headers.setdefault(key, value)  # a throttle body's own usage header wins
         return response
 
     # -- control API --------------------------------------------------------------------------
@@ -361,10 +362,6 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
         charset="utf-8",
         headers=headers,
     )
-
-
-def drift_account(account: str) -> bool:
-    return account == DRIFT_ACCOUNT
 
 
 # -- running simulators ------------------------------------------------------------------------

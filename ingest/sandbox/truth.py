@@ -101,7 +101,9 @@ def truth_rows(media: str, account: str, day: date, seed: int) -> list[dict[str,
             spend_minor = 0
         else:
             spend_minor = (r >> 36) % 5_000_000 + 1
-        if currency == "JPY":
+        if spend_minor == 0:
+            spend = Decimal(0)
+        elif currency == "JPY":
             spend = Decimal(spend_minor // 100)
         elif media == "google_ads":
             spend = Decimal(spend_minor * 10 + (r >> 13) % 10) / Decimal(1_000_000) * 100  # micros precision

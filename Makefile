@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`. No Docker, no cloud credentials.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench sandbox-up sandbox-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[local,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: set up, start the local stack, run the nightly pipeline for yesterday, print a summary
+demo: $(STAMP)
+	$(PY) -m ingest demo
+
+## test: the whole suite (PostgreSQL tests skip with a message if it is not running; CI requires it)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## bench: speed and scale figures (minutes; not part of the tests)
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+sandbox-up: $(STAMP)
+	$(PY) -m ingest sandbox up
+
+sandbox-down: $(STAMP)
+	$(PY) -m ingest sandbox down
+
+clean: sandbox-down
+	rm -rf .sandbox

@@ -1,0 +1,108 @@
+"""Publish throughput on PostgreSQL: ``Publisher.replace`` vs a bare COPY of the same rows.
+
+Called by the ``make bench`` harness: ``bench_publish(url, rows=100_000)`` returns rows/s
+for both, so the cost of the transactional swap (temp table + DELETE + INSERT SELECT) over
+the raw COPY floor is visible. It works in its own schema and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from aggregations.mart import columns, create_mart, mart_daily_campaign
+from aggregations.publish import Publisher
+
+MEDIA = ("meta", "google_ads", "yahoo_ads")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishBench:
+    rows: int
+    publish_s: float
+    copy_s: float
+
+    @property
+    def publish_rows_per_s(self) -> float:
+        return self.rows / self.publish_s if self.publish_s else float("inf")
+
+    @property
+    def copy_rows_per_s(self) -> float:
+        return self.rows / self.copy_s if self.copy_s else float("inf")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"rows": self.rows, "publish_rows_per_s": round(self.publish_rows_per_s, 1),
+                "copy_rows_per_s": round(self.copy_rows_per_s, 1),
+                "publish_s": round(self.publish_s, 3), "copy_s": round(self.copy_s, 3)}
+
+
+def synthetic_rows(n: int, day: date = date(2026, 1, 31), seed: int = 7) -> list[dict[str, Any]]:
+    """``n`` campaign rows spread over the three media and a few days ending at ``day``."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        imps = rng.randint(0, 100_000)
+        clicks = rng.randint(0, imps // 10 if imps else 0)
+        spend = Decimal(rng.randint(0, 10_000_000)) / 100
+        conv = Decimal(rng.randint(0, max(clicks // 5, 0)))
+        out.append({
+            "date": day - timedelta(days=i % 7), "media": MEDIA[i % 3], "account_id": f"acct{i % 50}",
+            "campaign_id": f"c{i}", "advertiser": f"adv{i % 10}", "campaign_name": f"Campaign {i}", "currency": "JPY",
+            "impressions": imps, "clicks": clicks, "spend": spend, "conversions": conv,
+            "ctr": clicks / imps if imps else None, "cpc": float(spend) / clicks if clicks else None,
+            "cpm": float(spend) * 1000 / imps if imps else None, "cpa": float(spend / conv) if conv else None,
+            "cvr": float(conv) / clicks if clicks else None,
+        })
+    return out
+
+
+def bench_publish(url: str, rows: int = 100_000) -> PublishBench:
+    """Time one publish of ``rows`` rows through ``Publisher`` and one bare COPY of them."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        create_mart(engine)
+        data = synthetic_rows(rows)
+        keys = {(r["date"], r["media"]) for r in data}
+        started = time.perf_counter()
+        Publisher(engine).replace(mart_daily_campaign, data, ("date", "media"), keys)
+        publish_s = time.perf_counter() - started
+
+        names = columns(mart_daily_campaign)
+        cols = ", ".join(f'"{n}"' for n in names)
+        with engine.begin() as conn:
+            conn.exec_driver_sql('CREATE TABLE "copy_target" (LIKE "mart_daily_campaign" INCLUDING ALL)')
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            with driver.cursor() as cur, cur.copy(f'COPY "copy_target" ({cols}) FROM STDIN') as copy:
+                for r in data:
+                    copy.write_row(tuple(r[n] for n in names))
+        copy_s = time.perf_counter() - started
+        return PublishBench(rows, publish_s, copy_s)
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+if __name__ == "__main__":  # python -m aggregations.bench_publish [URL] [ROWS]
+    import json
+    import sys
+
+    target = sys.argv[1] if len(sys.argv) > 1 else "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    print(json.dumps(bench_publish(target, int(sys.argv[2]) if len(sys.argv) > 2 else 100_000).as_dict()))

@@ -1,0 +1,244 @@
+"""Each connector against its simulator: truth without faults, only our errors with faults.
+
+No Ray, no emulators: each simulator runs in a background thread (``run_simulator``) and the
+connector talks to it through a real ``httpx.AsyncClient`` and ``HttpSession``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest.errors import AuthError, DataError, IngestError, RetriableError, Throttled, Transient
+from ingest.media.base import ConnectorSettings, HttpSession, Row, Secret, Usage
+from ingest.media.registry import connector_class
+from ingest.sandbox.simulators import SimulatorHandle, run_simulator
+from ingest.sandbox.truth import (
+    DENIED_ACCOUNT,
+    DRIFT_ACCOUNT,
+    EMPTY_ACCOUNT,
+    FAILING_ACCOUNT,
+    HOSTILE_ACCOUNT,
+    SLOW_ACCOUNT,
+    truth_rows,
+)
+
+VERSIONS = {"meta": "v21.0", "google_ads": "v21", "yahoo_ads": "v17"}
+DAY = date(2026, 3, 14)
+#: (id, media, connector options): Meta runs in both flows
+FLOWS = [
+    ("meta-sync", "meta", {"page_limit": 2}),
+    ("meta-async", "meta", {"mode": "async", "page_limit": 3}),
+    ("google_ads", "google_ads", {}),
+    ("yahoo_ads", "yahoo_ads", {}),
+]
+ACCOUNTS = {"meta": "act_1234567", "google_ads": "123-456-7890", "yahoo_ads": "1002003"}
+
+
+def connector(media: str, base_url: str, options: dict[str, Any], token: str = "tok-123"):
+    cls = connector_class(media)
+    settings = ConnectorSettings(
+        media=media,
+        base_url=base_url,
+        api_version=VERSIONS[media],
+        secrets={name: Secret(token) for name in cls.credential_names},
+        options=options,
+    )
+    return cls(settings)
+
+
+async def fetch(conn: Any, account: str, day: date = DAY, timeout: float = 5.0,
+                usage: list[Usage] | None = None) -> tuple[list[Row], HttpSession]:
+    async def poll_wait(n: int) -> None:
+        await asyncio.sleep(0)
+
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        http = HttpSession(client, poll_wait=poll_wait, on_usage=(usage.append if usage is not None else None))
+        return await conn.fetch(http, account, day), http
+
+
+def as_truth(rows: list[Row]) -> list[tuple[Any, ...]]:
+    return [(r.campaign_id, r.campaign_name, r.impressions, r.clicks, r.spend, r.conversions, r.currency) for r in rows]
+
+
+def expected(media: str, account: str, day: date = DAY, seed: int = 7) -> list[tuple[Any, ...]]:
+    return [
+        (t["campaign_id"], t["campaign_name"], t["impressions"], t["clicks"], t["spend"], t["conversions"], t["currency"])
+        for t in truth_rows(media, account, day, seed)
+    ]
+
+
+@pytest.fixture(params=FLOWS, ids=[f[0] for f in FLOWS])
+def flow(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, Any], SimulatorHandle]]:
+    _, media, options = request.param
+    with run_simulator(media, seed=7, page_size=2, account_rps=0, app_rps=0) as sim:
+        yield media, options, sim
+
+
+def test_faults_off_equals_truth(flow: tuple[str, dict[str, Any], SimulatorHandle]) -> None:
+    media, options, sim = flow
+    conn = connector(media, sim.base_url, options)
+    for account in (ACCOUNTS[media], "77", EMPTY_ACCOUNT, SLOW_ACCOUNT):
+        for day in (DAY, date(2026, 3, 15)):
+            rows, http = asyncio.run(fetch(conn, account, day))
+            assert as_truth(rows) == expected(media, account, day)
+            assert all(r.account_id == account and r.date == day and r.media == media for r in rows)
+            assert http.requests >= conn.minimum_requests()
+    stats = sim.stats()
+    assert stats["served_reports"] == 8 and stats["violations"] == 0 and stats["faults_total"] == 0
+    # the control API serves the same truth
+    truth = sim.truth(ACCOUNTS[media], DAY)
+    assert [t["campaign_id"] for t in truth] == [e[0] for e in expected(media, ACCOUNTS[media])]
+
+
+def test_some_campaigns_have_zero_metrics() -> None:
+    zero = [t for m in VERSIONS for a in range(40) for t in truth_rows(m, str(1000 + a), DAY, 7) if t["impressions"] == 0]
+    assert zero and all(t["spend"] == 0 and t["clicks"] == 0 for t in zero)
+
+
+@pytest.mark.parametrize(
+    ("account", "token", "error"),
+    [
+        (HOSTILE_ACCOUNT, "s3cr3t-value", DataError),
+        (DRIFT_ACCOUNT, "s3cr3t-value", DataError),
+        (DENIED_ACCOUNT, "s3cr3t-value", AuthError),
+        (FAILING_ACCOUNT, "s3cr3t-value", Transient),
+        ("1234", "revoked", AuthError),
+    ],
+)
+def test_reserved_accounts_and_revoked_token(
+    flow: tuple[str, dict[str, Any], SimulatorHandle], account: str, token: str, error: type[IngestError]
+) -> None:
+    media, options, sim = flow
+    if account == FAILING_ACCOUNT and media == "meta" and options.get("mode") != "async":
+        pytest.skip("Meta sync has no job to fail")
+    with pytest.raises(error) as info:
+        asyncio.run(fetch(connector(media, sim.base_url, options, token=token), account))
+    assert info.value.media == media and info.value.account == account and info.value.date == DAY.isoformat()
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in (info.value.body or "")
+
+
+def test_down_switch_is_transient_and_reversible(flow: tuple[str, dict[str, Any], SimulatorHandle]) -> None:
+    media, options, sim = flow
+    conn = connector(media, sim.base_url, options)
+    sim.configure(down=True)
+    with pytest.raises(Transient):
+        asyncio.run(fetch(conn, ACCOUNTS[media]))
+    sim.configure(down=False)
+    rows, _ = asyncio.run(fetch(conn, ACCOUNTS[media]))
+    assert as_truth(rows) == expected(media, ACCOUNTS[media])
+    assert sim.stats()["down_rejections"] == 1
+
+
+ALL_FAULTS = {k: 1.0 for k in ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed", "auth", "drift")}
+
+
+def test_faults_raise_only_our_errors_and_never_corrupt_truth(flow: tuple[str, dict[str, Any], SimulatorHandle]) -> None:
+    media, options, sim = flow
+    sim.configure(fault_rate=0.5, faults=ALL_FAULTS, hang_s=0.3)
+    conn = connector(media, sim.base_url, options)
+    outcomes: dict[str, int] = {}
+    for i in range(30):
+        account = str(5000 + i % 5)
+        try:
+            rows, _ = asyncio.run(fetch(conn, account, timeout=0.15))
+        except IngestError as exc:  # anything else fails the test
+            outcomes[exc.kind] = outcomes.get(exc.kind, 0) + 1
+            assert exc.media == media and exc.account == account
+        else:
+            assert as_truth(rows) == expected(media, account)
+            outcomes["ok"] = outcomes.get("ok", 0) + 1
+    stats = sim.stats()
+    assert stats["faults_total"] >= 10, stats
+    assert len(outcomes) >= 3, outcomes
+    # after faults, retrying with retriable-only faults always converges on the truth
+    sim.configure(fault_rate=0.3, faults={"truncated": 0, "auth": 0, "drift": 0})
+    for i in range(5):
+        account = str(5000 + i)
+        for _attempt in range(40):
+            try:
+                rows, _ = asyncio.run(fetch(conn, account, timeout=0.15))
+                break
+            except RetriableError:
+                continue
+        else:
+            pytest.fail("never succeeded")
+        assert as_truth(rows) == expected(media, account)
+
+
+@pytest.mark.parametrize("media", list(VERSIONS))
+def test_quota_violation_is_counted_and_throttled(media: str) -> None:
+    with run_simulator(media, seed=7, account_rps=2, app_rps=0) as sim:
+        conn = connector(media, sim.base_url, {})
+
+        async def burst() -> list[Any]:
+            return await asyncio.gather(*(fetch(conn, "4242") for _ in range(6)), return_exceptions=True)
+
+        results = asyncio.run(burst())
+        throttled = [r for r in results if isinstance(r, Throttled)]
+        assert throttled, results
+        assert all(isinstance(r, (tuple, IngestError)) for r in results)
+        stats = sim.stats()
+        assert stats["violations"] >= len(throttled)
+        assert stats["violations_by_scope"].get("account", 0) >= 1
+        if media == "google_ads":  # retryDelay from quotaErrorDetails
+            assert all(t.retry_after and 0 < t.retry_after <= 1 for t in throttled)
+
+
+def test_meta_usage_headers_reach_the_sink() -> None:
+    with run_simulator("meta", seed=7, account_rps=10, app_rps=100) as sim:
+        usage: list[Usage] = []
+        asyncio.run(fetch(connector("meta", sim.base_url, {}), "1234", usage=usage))
+        assert usage and 0 < usage[-1].utilization <= 1
+
+
+def test_meta_throttle_hint_minutes_to_seconds() -> None:
+    with run_simulator("meta", seed=7, account_rps=1, app_rps=0, regain_minutes=2) as sim:
+        conn = connector("meta", sim.base_url, {})
+
+        async def two() -> list[Any]:
+            return await asyncio.gather(fetch(conn, "99"), fetch(conn, "99"), return_exceptions=True)
+
+        throttled = [r for r in asyncio.run(two()) if isinstance(r, Throttled)]
+        assert throttled and throttled[0].retry_after == 120.0 and throttled[0].code == "80000/2446079"
+
+
+def test_control_api_config_and_reset() -> None:
+    with run_simulator("yahoo_ads", seed=3) as sim:
+        cfg = sim.configure(latency_ms=1, faults={"drift": 2})
+        assert cfg["latency_ms"] == 1 and cfg["faults"]["drift"] == 2 and cfg["faults"]["throttle"] == 1
+        with pytest.raises(httpx.HTTPStatusError):
+            sim.configure(no_such_knob=1)
+        asyncio.run(fetch(connector("yahoo_ads", sim.base_url, {}), "1"))
+        assert sim.stats()["requests"] >= 3
+        sim.reset()
+        assert sim.stats()["requests"] == 0
+
+
+def test_cli_runs_several_simulators_until_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest.sandbox.simulators", "--port", "meta=0", "--port", "google_ads=0",
+         "--port", "yahoo_ads=0", "--seed", "7", "--fault-rate", "0.02", "--latency-ms", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("simulators ready "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        urls = json.loads(line.removeprefix("simulators ready "))
+        assert set(urls) == {"meta", "google_ads", "yahoo_ads"}
+        for url in urls.values():
+            stats = httpx.get(url + "/_sim/stats", timeout=5).json()
+            assert stats["requests"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
