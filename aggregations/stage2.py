@@ -144,12 +144,31 @@ def run_stage2(
             raise ConfigError(f"media {media!r} is not configured (known: {', '.join(cfg.media)})")
         if not isinstance(day, date) or isinstance(day, datetime):
             raise ConfigError(f"partition date {day!r} must be a datetime.date")
+    if not parts:
+        return Stage2Result(run_id=run_id, partitions={})
+
+    own_bq = bq is None
+    bq = bq or bq_client(cfg.bigquery)
+    try:
+        return _run(cfg, parts, run_id, fetched, bq, engine, store, retry, on_staged)
+    finally:
+        if own_bq:
+            bq.close()
+
+
+def _run(
+    cfg: PipelineConfig,
+    parts: list[Partition],
+    run_id: str,
+    fetched: dict[Partition, Totals],
+    bq: bigquery.Client,
+    engine: sa.Engine | None,
+    store: ReportStore | None,
+    retry: RetrySettings | None,
+    on_staged: StagedHook | None,
+) -> Stage2Result:
     results = {p: PartitionResult(p[0], p[1]) for p in parts}
     out = Stage2Result(run_id=run_id, partitions=results)
-    if not parts:
-        return out
-
-    bq = bq or bq_client(cfg.bigquery)
     engine = engine or rdb_engine(cfg.database_url())
     store = store or ReportStore(gcs_client(cfg.gcs, cfg.project), cfg.gcs.bucket)
     stage = BigQueryStage(bq, cfg.bigquery.project, cfg.bigquery.dataset, run_id, location=cfg.bigquery.location)

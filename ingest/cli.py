@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 from ingest.config import PipelineConfig, check_account, load_config
@@ -41,27 +40,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="config YAML (default: $INGEST_CONFIG or config/local.yaml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)  # so --config also works after the command
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config YAML")
 
-    run = sub.add_parser("run", help="the nightly job: every media and account for one date",
+    run = sub.add_parser("run", parents=[common], help="the nightly job: every media and account for one date",
                          description="Fetch every configured media and account for one date (default: yesterday in the "
                                      "configured time zone), then load, aggregate and publish. Reports already done for "
                                      "that date are skipped, so running it again after a crash resumes.")
     run.add_argument("--date", type=_date, help="report date YYYY-MM-DD (default: yesterday)")
     run.add_argument("--force", action="store_true", help="re-fetch reports already done (idempotent: nothing duplicates)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
 
-    rerun = sub.add_parser("rerun", help="re-run one media for one date (and account), or only what failed",
-                           description="Re-fetch exactly one media for one date (optionally one account), then re-load and "
-                                       "re-aggregate only the affected partitions. Other media are untouched.")
+    rerun = sub.add_parser("rerun", parents=[common], help="re-run one media for one date (and account), or only what failed",
+                           description="Either re-fetch exactly one media for one date (optionally one account), then "
+                                       "re-load and re-aggregate only the affected partitions — other media are untouched; "
+                                       "or, with --failed, fetch only the reports that failed or never finished.")
     rerun.add_argument("--media", help="media name as in the config")
     rerun.add_argument("--date", type=_date, help="report date YYYY-MM-DD")
     rerun.add_argument("--account", help="only this account id")
+    rerun.add_argument("--failed", action="store_true", help="only what failed or never finished (all dates, or --date)")
     rerun.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    rerun.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
 
-    sb = sub.add_parser("sandbox", help="start/stop the local stack (fake-gcs-server, bqemulator, API simulators)")
+    backfill = sub.add_parser("backfill", parents=[common], help="fetch a range of dates in one run (resumable)",
+                              description="Fetch every date from --from to --to (inclusive) in one run, inside the same "
+                                          "quota budget. Reports already done are skipped, so an interrupted backfill "
+                                          "resumes when started again.")
+    backfill.add_argument("--from", dest="date_from", type=_date, required=True, help="first date YYYY-MM-DD")
+    backfill.add_argument("--to", dest="date_to", type=_date, required=True, help="last date YYYY-MM-DD")
+    backfill.add_argument("--media", help="only this media")
+    backfill.add_argument("--force", action="store_true", help="re-fetch reports already done")
+    backfill.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    backfill.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
+
+    status = sub.add_parser("status", parents=[common], help="what ran and what failed: per media × date, or one run",
+                            description="Counts by state, attempts, durations and the last errors per media × date. "
+                                        "Exit code 3 if anything is failed, 0 otherwise.")
+    status.add_argument("--date", type=_date, help="report date (default: yesterday)")
+    status.add_argument("--run", dest="run_id", help="a run id instead of a date")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sb = sub.add_parser("sandbox", parents=[common], help="start/stop the local stack (fake-gcs-server, bqemulator, API simulators)")
     sb.add_argument("action", choices=["up", "down", "status"])
 
-    demo = sub.add_parser("demo", help="start the local stack and run the whole pipeline for one date (make demo)")
+    demo = sub.add_parser("demo", parents=[common], help="start the local stack and run the whole pipeline for one date (make demo)")
     demo.add_argument("--date", type=_date, help="report date (default: yesterday)")
     return p
 
@@ -89,8 +112,10 @@ def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None
         "fetch_seconds": round(report.fetch_s, 2),
         "stage2_seconds": round(report.stage2_s, 2),
         "media": {m: vars(s) for m, s in report.media.items()},
-        "rows_loaded": stage2.rows_loaded if stage2 else 0,
-        "summary_rows_published": dict(stage2.published) if stage2 else {},
+        "rows_loaded": sum(p.rows_loaded for p in stage2.partitions.values()) if stage2 else 0,
+        "summary_rows_published": dict(stage2.published_rows) if stage2 else {},
+        "partitions": {f"{m}/{d}": {"status": p.status, "rows_loaded": p.rows_loaded, "detail": p.error or p.detail}
+                       for (m, d), p in stage2.partitions.items()} if stage2 else {},
         "bigquery_jobs": stage2.bq_jobs if stage2 else 0,
         "failures": [{**f, "date": str(f["date"])} for f in report.failures],
         "database": _safe_url(cfg.database_url()),
@@ -106,6 +131,9 @@ def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None
     print(f"  rows loaded into BigQuery: {doc['rows_loaded']}  (BigQuery jobs: {doc['bigquery_jobs']})")
     for table, n in doc["summary_rows_published"].items():
         print(f"  published {n:>6} rows → {table}")
+    for name, part in doc["partitions"].items():
+        if part["status"] == "failed":
+            print(f"  STAGE 2 FAILED {name}: {part['detail']}")
     for f in report.failures[:10]:
         print(f"  FAILED {f['media']}/{f['account_id']}/{f['date']} after {f['attempts']} attempts: {f['error_message']}")
     print(f"  query them: {doc['database']}  (tables mart_daily_campaign, mart_daily_advertiser, mart_mtd_advertiser_media)")
@@ -135,6 +163,34 @@ def sandbox_stack(cfg: PipelineConfig):  # type: ignore[no-untyped-def]
     return LocalStack(StackSpec(root=cfg.sandbox_root(), project=cfg.bigquery.project, gcs_port=sb.gcs_port,
                                 bq_port=sb.bq_port, bq_grpc_port=sb.bq_grpc_port, sim_ports=dict(sb.sim_ports),
                                 seed=sb.seed, fault_rate=sb.fault_rate, latency_ms=sb.latency_ms))
+
+
+def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    if args.failed:
+        if args.account:
+            raise UsageError("--failed cannot be combined with --account")
+        from ingest.clients import rdb_engine
+        from ingest.ledger import Ledger
+
+        ledger = Ledger(rdb_engine(cfg.database_url()))
+        ledger.migrate()
+        media = _media_arg(cfg, args.media)
+        dates = [_validate_date(cfg, args.date)] if args.date else ledger.unfinished_dates(media)
+        if not dates:
+            print("nothing failed or unfinished: nothing to re-run")
+            return EXIT_SUCCESS
+        return _run(cfg, RunRequest("rerun", dates, media, take_over=args.take_over), args.json)
+    if not args.media or not args.date:
+        raise UsageError("rerun needs --media and --date (or --failed)")
+    media = _media_arg(cfg, args.media)
+    day = _validate_date(cfg, args.date)
+    accounts = None
+    if args.account:
+        check_account(args.account)
+        if args.account not in cfg.media[media[0]].account_ids():
+            raise UsageError(f"account {args.account!r} is not configured for media {media[0]!r}")
+        accounts = [args.account]
+    return _run(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True, take_over=args.take_over), args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,19 +223,24 @@ def main(argv: list[str] | None = None) -> int:
             return code
         if args.command == "run":
             day = _validate_date(cfg, args.date or cfg.yesterday())
-            return _run(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force), args.json)
+            return _run(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force, take_over=args.take_over), args.json)
         if args.command == "rerun":
-            if not args.media or not args.date:
-                raise UsageError("rerun needs --media and --date")
-            media = _media_arg(cfg, args.media)
-            day = _validate_date(cfg, args.date)
-            accounts = None
-            if args.account:
-                check_account(args.account)
-                if args.account not in cfg.media[media[0]].account_ids():
-                    raise UsageError(f"account {args.account!r} is not configured for media {media[0]!r}")
-                accounts = [args.account]
-            return _run(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True), args.json)
+            return _rerun(cfg, args)
+        if args.command == "backfill":
+            if args.date_from > args.date_to:
+                raise UsageError(f"--from {args.date_from} is after --to {args.date_to}")
+            _validate_date(cfg, args.date_to)
+            days = (args.date_to - args.date_from).days + 1
+            if days > cfg.max_backfill_days:
+                raise UsageError(f"{days} days is more than max_backfill_days={cfg.max_backfill_days}; split the range")
+            dates = [args.date_from + timedelta(days=i) for i in range(days)]
+            req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over)
+            return _run(cfg, req, args.json)
+        if args.command == "status":
+            from ingest.status import print_status
+
+            return print_status(cfg, day=args.date if args.run_id else _validate_date(cfg, args.date or cfg.yesterday()),
+                                run_id=args.run_id, as_json=args.json)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

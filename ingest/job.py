@@ -237,7 +237,7 @@ class NightlyJob:
 
         result = run_stage2(self.cfg, partitions, run_id, self.ledger.fetched_totals(partitions), engine=self.engine, store=store)
         for (media, day), part in result.partitions.items():
-            self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.message)
+            self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.error or part.detail)
         return result
 
     # -- outcome ------------------------------------------------------------------------------

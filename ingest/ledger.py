@@ -174,8 +174,9 @@ class Ledger:
         with self.engine.begin() as conn:
             for media, day in parts:
                 ins = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(locks).values(
-                    media=media, date=day, run_id=run_id, holder=holder, heartbeat_at=now()).on_conflict_do_nothing()
-                if conn.execute(ins).rowcount == 1:
+                    media=media, date=day, run_id=run_id, holder=holder, heartbeat_at=now()
+                ).on_conflict_do_nothing().returning(locks.c.run_id)
+                if conn.execute(ins).first() is not None:  # rowcount is -1 here on psycopg 3
                     continue
                 row = conn.execute(sa.select(locks).where(locks.c.media == media, locks.c.date == day)).mappings().one()
                 beat = row["heartbeat_at"]
@@ -187,7 +188,7 @@ class Ledger:
                         f"wait for it, or pass --take-over if that run is dead (locks go stale after {stale_after_s:.0f}s)")
                 upd = locks.update().where(locks.c.media == media, locks.c.date == day, locks.c.run_id == row["run_id"],
                                            locks.c.heartbeat_at == beat).values(run_id=run_id, holder=holder, heartbeat_at=now())
-                if conn.execute(upd).rowcount != 1:
+                if conn.execute(upd.returning(locks.c.run_id)).first() is None:
                     raise LockedError(f"{media} {day}: another run took the lock at the same moment; try again")
                 taken.add(row["run_id"])
             for old in taken:
@@ -289,14 +290,18 @@ class Ledger:
                 ).values(status="running", started_at=now()))
 
     def fetched_totals(self, partitions: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:
-        """Sum of the done reports per (media, date): what reconciliation expects downstream."""
+        """Per (media, date), the sums of each report's last *good* fetch: what reconciliation expects.
+
+        A report whose re-fetch failed keeps its earlier CSV in GCS (and its totals here), so
+        it still counts; a report that never succeeded has no CSV and no totals.
+        """
         out: dict[tuple[str, date], Totals] = {}
         parts = set(partitions)
         if not parts:
             return out
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(report_tasks).where(
-                report_tasks.c.status == "done", report_tasks.c.date.in_({d for _, d in parts}))).mappings().all()
+                report_tasks.c.rows.is_not(None), report_tasks.c.date.in_({d for _, d in parts}))).mappings().all()
         for r in rows:
             p = (r["media"], r["date"])
             if p in parts:
@@ -312,6 +317,15 @@ class Ledger:
             q = q.where(report_tasks.c.run_id == run_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q.order_by(report_tasks.c.date, report_tasks.c.media, report_tasks.c.account_id)).mappings()]
+
+    def unfinished_dates(self, media: Iterable[str]) -> list[date]:
+        """Dates with any report of these media not done (failed, or left pending by a dead run)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(report_tasks.c.date).distinct().where(
+                report_tasks.c.status != "done", report_tasks.c.media.in_(set(media)))).all()
+            stage = conn.execute(sa.select(stage_steps.c.date).distinct().where(
+                stage_steps.c.status.in_(("pending", "failed")), stage_steps.c.media.in_(set(media)))).all()
+        return sorted({r[0] for r in rows} | {r[0] for r in stage})
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -25,7 +25,20 @@ def _redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]
     return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
-def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:
+class _StderrLogger:
+    """Writes each line to the *current* sys.stderr (not the one seen at configure time)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    info = debug = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_factory(*_args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
     global _configured
     if _configured:
         return
@@ -39,7 +52,7 @@ def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:
             structlog.processors.JSONRenderer(default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=_stderr_factory,
         cache_logger_on_first_use=True,
     )
     _configured = True

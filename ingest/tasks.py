@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
 from typing import Literal
 
-from ingest.media.base import Row
+from aggregations.totals import Totals  # one checksum type from the API to the RDB
 
 #: Every state a report task can be in; changed in one place (ingest.ledger.Ledger.apply).
 TaskStatus = Literal["pending", "running", "retrying", "done", "failed"]
@@ -22,36 +21,6 @@ class ReportKey:
 
     def __str__(self) -> str:
         return f"{self.media}/{self.account}/{self.day.isoformat()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Row count and metric sums of one report: what reconciliation compares downstream."""
-
-    rows: int = 0
-    impressions: int = 0
-    clicks: int = 0
-    spend: Decimal = Decimal(0)
-    conversions: Decimal = Decimal(0)
-
-    @classmethod
-    def of(cls, rows: list[Row]) -> "Totals":
-        return cls(
-            rows=len(rows),
-            impressions=sum(r.impressions for r in rows),
-            clicks=sum(r.clicks for r in rows),
-            spend=sum((r.spend for r in rows), Decimal(0)),
-            conversions=sum((r.conversions for r in rows), Decimal(0)),
-        )
-
-    def __add__(self, other: "Totals") -> "Totals":
-        return Totals(
-            self.rows + other.rows,
-            self.impressions + other.impressions,
-            self.clicks + other.clicks,
-            self.spend + other.spend,
-            self.conversions + other.conversions,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,16 @@
 WITH raw AS (
 ${raw}
 ),
+mapped AS (
+  SELECT r.*, COALESCE(a.advertiser, '(unmapped)') AS advertiser
+  FROM raw AS r
+  LEFT JOIN ${advertiser_accounts} AS a
+    ON a.media = r.media AND a.account_id = r.account_id
+),
 per_advertiser AS (
   SELECT
     r.date,
-    COALESCE(a.advertiser, '(unmapped)') AS advertiser,
+    r.advertiser,
     r.currency,
     COUNT(DISTINCT r.media) AS media_count,
     COUNT(DISTINCT CONCAT(r.media, '/', r.account_id, '/', r.campaign_id)) AS campaign_count,
@@ -15,10 +21,8 @@ per_advertiser AS (
     SUM(r.clicks) AS clicks,
     SUM(r.spend) AS spend,
     SUM(r.conversions) AS conversions
-  FROM raw AS r
-  LEFT JOIN ${advertiser_accounts} AS a
-    ON a.media = r.media AND a.account_id = r.account_id
-  GROUP BY r.date, advertiser, r.currency
+  FROM mapped AS r
+  GROUP BY r.date, r.advertiser, r.currency
 )
 SELECT
   p.date,

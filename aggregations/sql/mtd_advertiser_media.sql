@@ -3,9 +3,15 @@
 WITH raw AS (
 ${raw}
 ),
+mapped AS (
+  SELECT r.*, COALESCE(a.advertiser, '(unmapped)') AS advertiser
+  FROM raw AS r
+  LEFT JOIN ${advertiser_accounts} AS a
+    ON a.media = r.media AND a.account_id = r.account_id
+),
 per_advertiser_media AS (
   SELECT
-    COALESCE(a.advertiser, '(unmapped)') AS advertiser,
+    r.advertiser,
     r.media,
     r.currency,
     COUNT(DISTINCT r.date) AS days_with_data,
@@ -13,10 +19,8 @@ per_advertiser_media AS (
     SUM(r.clicks) AS clicks,
     SUM(r.spend) AS spend,
     SUM(r.conversions) AS conversions
-  FROM raw AS r
-  LEFT JOIN ${advertiser_accounts} AS a
-    ON a.media = r.media AND a.account_id = r.account_id
-  GROUP BY advertiser, r.media, r.currency
+  FROM mapped AS r
+  GROUP BY r.advertiser, r.media, r.currency
 )
 SELECT
   @date AS as_of_date,

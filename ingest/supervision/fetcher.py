@@ -83,7 +83,7 @@ class ReportFetcher:
         csv_bytes = await asyncio.to_thread(self.store.put, paths.rows_csv, rows_to_csv(rows), "text/csv")
         return ReportResult(
             key=key,
-            totals=Totals.of(rows),
+            totals=Totals.from_rows(rows),
             bytes=raw_bytes + csv_bytes,
             requests=session.requests,
             paths=(paths.uri(paths.raw_json), paths.uri(paths.rows_csv)),

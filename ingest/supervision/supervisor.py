@@ -135,29 +135,38 @@ class MediaSupervisor:
     async def _slot(self, index: int) -> None:
         while True:
             ready_at, _, key, attempt = await self._queue.get()
-            wait = ready_at - self.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if not await self._wait_for_breaker(key, attempt):
-                continue
-            handle = self.fetchers[index]
             try:
-                result = await handle.fetch(key)
-            except WorkerDied as exc:
-                self._put(key, attempt, 0.0)  # not an API attempt: fetched once more
-                await self._replace(index, handle, key, str(exc))
-                continue
-            except IngestError as err:
-                self._on_error(key, attempt, err)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug must fail the report, not the run
-                self._on_error(key, attempt, IngestError(f"{type(exc).__name__}: {exc}"))
-                continue
-            if self.breaker.state != "closed":
-                self._emit(Event("breaker_closed", self.media, key, attempt))
-            self.breaker.record_success()
-            self._open_cycles = 0
-            self._emit(Event("done", self.media, key, attempt, result=result))
+                await self._handle(index, key, attempt, ready_at)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - our own bug must fail one report, never hang the run
+                log.error("supervisor_bug", media=self.media, report=str(key), error=repr(exc))
+                self._emit(Event("failed", self.media, key, attempt, error_kind="internal", message=f"internal error: {exc!r}"))
+
+    async def _handle(self, index: int, key: ReportKey, attempt: int, ready_at: float) -> None:
+        wait = ready_at - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if not await self._wait_for_breaker(key, attempt):
+            return
+        handle = self.fetchers[index]
+        try:
+            result = await handle.fetch(key)
+        except WorkerDied as exc:
+            self._put(key, attempt, 0.0)  # not an API attempt: fetched once more
+            await self._replace(index, handle, key, str(exc))
+            return
+        except IngestError as err:
+            self._on_error(key, attempt, err)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the report, not the run
+            self._on_error(key, attempt, IngestError(f"{type(exc).__name__}: {exc}"))
+            return
+        if self.breaker.state != "closed":
+            self._emit(Event("breaker_closed", self.media, key, attempt))
+        self.breaker.record_success()
+        self._open_cycles = 0
+        self._emit(Event("done", self.media, key, attempt, result=result))
 
     async def _wait_for_breaker(self, key: ReportKey, attempt: int) -> bool:
         """Hold the report while the breaker is open; fail it if the media was given up."""

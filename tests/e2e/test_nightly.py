@@ -18,6 +18,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, storage
 
+from aggregations.mart import mart_daily_campaign
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_SUCCESS, NightlyJob, RunRequest
 from ingest.sandbox.truth import truth_rows
@@ -40,14 +41,23 @@ def expected_totals(cfg: PipelineConfig, day: date) -> dict[str, dict[str, Any]]
 
 
 def mart_totals(url: str, day: date) -> dict[str, dict[str, Any]]:
+    """Sum in Python over exact Decimals (SQLite's SUM would go through floats)."""
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    t = mart_daily_campaign
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT media, COUNT(*) AS n, SUM(impressions) AS i, SUM(clicks) AS c, SUM(spend) AS s, SUM(conversions) AS v "
-            "FROM mart_daily_campaign WHERE date = :d GROUP BY media"), {"d": day}).all()
+        rows = conn.execute(sa.select(t.c.media, t.c.impressions, t.c.clicks, t.c.spend, t.c.conversions)
+                            .where(t.c.date == day)).all()
     engine.dispose()
-    return {r[0]: {"rows": r[1], "impressions": int(r[2]), "clicks": int(r[3]),
-                   "spend": Decimal(str(r[4])), "conversions": Decimal(str(r[5]))} for r in rows}
+    out: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"rows": 0, "impressions": 0, "clicks": 0, "spend": Decimal(0), "conversions": Decimal(0)})
+    for media, imp, clk, spend, conv in rows:
+        o = out[media]
+        o["rows"] += 1
+        o["impressions"] += imp
+        o["clicks"] += clk
+        o["spend"] += spend
+        o["conversions"] += conv
+    return dict(out)
 
 
 def snapshot(cfg: PipelineConfig, url: str) -> dict[str, Any]:

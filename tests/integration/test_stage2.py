@@ -224,6 +224,16 @@ def test_month_to_date_across_month_boundary_and_later_as_of_recompute(env: Env)
         "days_with_data": 1, "spend": D("7"), **kpis(0.1, 7.0, 700.0, None, 0.0)}
 
 
+def test_account_missing_from_config_is_unmapped_not_dropped(env: Env) -> None:
+    rows = [r(D1, "meta", "999", "x1", 10, 2, "3.5", "1", "JPY")]
+    env.upload(D1, data={D1: {("meta", "999"): rows}})
+    res = env.run([("meta", D1)])
+    assert res.partitions[("meta", D1)].status == "published"
+    assert [x["advertiser"] for x in env.rows(mart_daily_campaign, "campaign_id")] == ["(unmapped)"]
+    adv = env.rows(mart_daily_advertiser, "advertiser")
+    assert [(x["advertiser"], x["spend"], x["campaign_count"]) for x in adv] == [("(unmapped)", D("3.5"), 1)]
+
+
 def test_missing_csv_keeps_previous_data(env: Env) -> None:
     env.upload(D1)
     env.run([("meta", D1)])
