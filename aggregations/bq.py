@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import requests
@@ -275,7 +275,7 @@ class BigQueryStage:
         """Best effort: real BigQuery drops a forgotten staging table after a day."""
         try:
             table = self.client.get_table(self.ref(table_name))
-            table.expires = datetime.now(timezone.utc) + STAGING_TTL
+            table.expires = datetime.now(UTC) + STAGING_TTL
             self.client.update_table(table, ["expires"])
         except Exception:  # noqa: BLE001 - an expiry is a nicety; the drop below is the rule
             pass

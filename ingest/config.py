@@ -12,7 +12,7 @@ import os
 import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -176,6 +176,35 @@ class RaySettings(Strict):
     num_cpus: int | None = None
 
 
+class NotifySettings(Strict):
+    """Slack-compatible incoming-webhook notifications (end of every run, breaker opened).
+
+    The webhook URL is a secret (whoever has it can post): only the *name* of the
+    environment variable holding it lives here. Unset variable = notifications off.
+    """
+
+    webhook_url_env: EnvName = "INGEST_WEBHOOK_URL"
+    ui_base_url: str | None = Field(None, description="where `python -m ingest ui` is reachable; messages link to it")
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    max_failed_items: int = Field(10, ge=0, le=50, description="failed reports listed in a message")
+
+    @field_validator("ui_base_url")
+    @classmethod
+    def _base(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", v):
+            raise ValueError(f"ui_base_url {v!r} must be an http(s) URL without credentials or query")
+        return v.rstrip("/") if v else v
+
+
+class UiSettings(Strict):
+    """``python -m ingest ui``: the read-only run history page."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    token_env: EnvName = Field("INGEST_UI_TOKEN", description="access token; required when not bound to loopback")
+    page_size: int = Field(50, ge=5, le=500)
+
+
 class SandboxSettings(Strict):
     """Where the local stack listens and what the simulators inject (local profile only)."""
 
@@ -199,6 +228,8 @@ class PipelineConfig(Strict):
     bigquery: BigQuerySettings
     database: DatabaseSettings
     ray: RaySettings = RaySettings()
+    notify: NotifySettings = NotifySettings()
+    ui: UiSettings = UiSettings()
     media: dict[Name, MediaSettings] = Field(min_length=1)
     sandbox: SandboxSettings | None = None
     #: directory of the config file; relative paths (SQLite, sandbox root) resolve against it

@@ -8,9 +8,10 @@ truth), and running the same date again must leave exactly the same rows everywh
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa

@@ -1,0 +1,86 @@
+"""Process sampling for the benchmark, from /proc (Linux): RSS of the driver and of every
+Ray process, and how many Ray worker processes exist, sampled in a background thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def ray_processes() -> dict[int, str]:
+    """Ray's own processes (raylet, gcs, workers) on this machine."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            cmd = _cmdline(int(entry))
+            if cmd.startswith("ray::") or "ray/core/src" in cmd or "default_worker.py" in cmd or "raylet" in cmd \
+                    or "gcs_server" in cmd:
+                out[int(entry)] = cmd
+    return out
+
+
+def worker_processes() -> list[int]:
+    """Ray worker processes (actors and idle workers), not the raylet or GCS."""
+    return [pid for pid, cmd in ray_processes().items() if cmd.startswith("ray::") or "default_worker.py" in cmd]
+
+
+@dataclass
+class Peak:
+    driver_rss_mb: float = 0.0
+    total_rss_mb: float = 0.0
+    ray_workers: int = 0
+    actors: int = 0
+
+
+class Sampler:
+    """Samples every ``every_s`` until stopped; keeps the peaks."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.peak = Peak()
+        self._stop = threading.Event()
+        self._every = every_s
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-sampler")
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sample()
+
+    def sample(self) -> None:
+        driver = _rss_kb(os.getpid()) / 1024
+        procs = ray_processes()
+        workers = [p for p, c in procs.items() if c.startswith("ray::") or "default_worker.py" in c]
+        actors = [p for p, c in procs.items() if c.startswith("ray::") and "Actor" in c]
+        total = driver + sum(_rss_kb(p) for p in procs) / 1024
+        pk = self.peak
+        pk.driver_rss_mb = max(pk.driver_rss_mb, driver)
+        pk.total_rss_mb = max(pk.total_rss_mb, total)
+        pk.ray_workers = max(pk.ray_workers, len(workers))
+        pk.actors = max(pk.actors, len(actors))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self.sample()

@@ -1,0 +1,145 @@
+"""``make bench``: fetch speed against the quota limit, the naive baseline, scale, stage 2.
+
+Starts its own local stack (free ports, temporary root), runs each scenario in a fresh
+process (bench/scenario.py), prints one table and writes bench/results.json.
+``python -m bench.run --quick`` runs small sizes (a smoke run of the harness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ingest.sandbox.stack import LocalStack, StackSpec, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+MEDIA = ("meta", "google_ads", "yahoo_ads")
+FAULTS = {"throttle": 1.0, "server_error": 1.0, "timeout": 0.0, "drop": 0.0, "job_failed": 0.0,
+          "truncated": 0.0, "auth": 0.0, "drift": 0.0}
+
+
+def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    k = 0.1 if quick else 1.0
+    nightly_accounts = max(4, int(334 * k))  # 3 × 334 = 1,002 reports on one date
+    nightly = {
+        "latency_ms": 50, "jitter_ms": 15, "fault_rate": 0.10, "faults": FAULTS, "days": 1, "last_date": "2026-11-20",
+        "media": {"meta": {"accounts": nightly_accounts, "quota_rps": 12},
+                  "google_ads": {"accounts": nightly_accounts, "quota_rps": 12},
+                  "yahoo_ads": {"accounts": nightly_accounts, "quota_rps": 36}},
+    }
+    out: list[tuple[str, dict[str, Any]]] = [
+        ("nightly", {"kind": "pipeline", **nightly}),
+        ("naive baseline", {"kind": "naive", **nightly}),
+    ]
+    days = 10
+    for frac, label in ((0.25, "scale ¼"), (0.5, "scale ½"), (1.0, "scale")):
+        accounts = max(2, int(667 * frac * k))  # 3 media × 667 accounts × 10 days ≈ 20,000 reports
+        out.append((label, {
+            "kind": "pipeline", "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS,
+            "days": days, "last_date": "2026-11-20",
+            "media": {m: {"accounts": accounts, "quota_rps": 400 if m != "yahoo_ads" else 1200, "concurrency": 96}
+                      for m in MEDIA},
+        }))
+    pg = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    out.append(("publish", {"kind": "publish", "database_url": pg, "rows": int(1_000_000 * k)}))
+    return out
+
+
+def run_one(name: str, spec: dict[str, Any], stack: LocalStack) -> dict[str, Any]:
+    s = stack.spec
+    spec = {**spec, "stack": {"gcs": s.gcs_endpoint, "bq": s.bq_endpoint, "sims": {m: s.sim_url(m) for m in MEDIA}},
+            "bucket": f"bench-{uuid.uuid4().hex[:8]}", "dataset": f"bench_{uuid.uuid4().hex[:8]}"}
+    env = {**os.environ, **stack.env()}
+    for var in ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN"):
+        env.setdefault(var, "bench-token")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bench.scenario", json.dumps(spec)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    took = time.perf_counter() - started
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.splitlines()[-15:])
+        print(f"[{name}] FAILED (exit {proc.returncode}) after {took:.0f}s\n{tail}", file=sys.stderr)
+        return {"error": f"exit {proc.returncode}", "stderr_tail": tail}
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["scenario_s"] = round(took, 1)
+    print(f"[{name}] done in {took:.0f}s", file=sys.stderr)
+    return result
+
+
+def fmt(v: Any, spec: str = "") -> str:
+    if v is None or v == "":
+        return "-"
+    return format(v, spec) if spec else str(v)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    cols = [("reports", "reports", ""), ("wall s", "wall_s", ".1f"), ("bound s", "bound_s", ".1f"),
+            ("wall/bound", "wall_over_bound", ".2f"), ("req/report", "requests_per_report", ".2f"),
+            ("min", "minimum_per_report", ".2f"), ("req/min", "requests_over_minimum", ".2f"),
+            ("violations", "violations", ""), ("faults", "faults_injected", ""), ("failed", "failed_reports", ""),
+            ("ms/report", "per_report_ms", ".1f"), ("workers", "ray_worker_processes", ""),
+            ("driver MB", "driver_peak_rss_mb", ".0f"), ("total MB", "total_peak_rss_mb", ".0f")]
+    head = f"{'scenario':<15}" + "".join(f"{c[0]:>11}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        if "reports" not in r:
+            continue
+        lines.append(f"{name:<15}" + "".join(f"{fmt(r.get(key), spec):>11}" for _, key, spec in cols))
+    nightly = results.get("nightly", {})
+    if "stage2" in nightly:
+        s2 = nightly["stage2"]
+        lines.append(f"\nstage 2 (nightly, bqemulator): {s2['bq_load_jobs']} load jobs + {s2['bq_query_jobs']} query jobs; "
+                     f"load {s2['load_s_per_date']:.2f}s/date, aggregate {s2['aggregate_s_per_date']:.2f}s/date, "
+                     f"total {s2['seconds']:.1f}s")
+    scale = results.get("scale", {})
+    if "stage2" in scale:
+        s2 = scale["stage2"]
+        lines.append(f"stage 2 (scale, {s2['dates']} dates): {s2['bq_load_jobs']} load jobs + {s2['bq_query_jobs']} query "
+                     f"jobs; load {s2['load_s_per_date']:.2f}s/date, aggregate {s2['aggregate_s_per_date']:.2f}s/date")
+    pub = results.get("publish", {})
+    if "rows" in pub:
+        ratio = pub["publish_rows_per_s"] / pub["copy_rows_per_s"]
+        lines.append(f"RDB publish (PostgreSQL, {pub['rows']:,} rows): {pub['publish_rows_per_s']:,.0f} rows/s vs raw COPY "
+                     f"{pub['copy_rows_per_s']:,.0f} rows/s → {ratio:.2f} of COPY")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="10%% sizes: check the harness, not the figures")
+    ap.add_argument("--only", action="append", help="run only these scenarios (by name)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    stack = LocalStack(StackSpec(root=root, project="local-demo", gcs_port=free_port(), bq_port=free_port(),
+                                 bq_grpc_port=free_port(), sim_ports={m: free_port() for m in MEDIA}, latency_ms=0))
+    stack.up()
+    results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    try:
+        for name, spec in scenarios(args.quick):
+            if args.only and name not in args.only:
+                continue
+            print(f"[{name}] running…", file=sys.stderr)
+            results[name] = run_one(name, spec, stack)
+    finally:
+        stack.down()
+    doc = {"machine": {"cpus": os.cpu_count()}, "quick": args.quick, "total_s": round(time.perf_counter() - started, 1),
+           "results": results}
+    Path(args.out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(table(results))
+    print(f"\nwritten {args.out} ({doc['total_s']:.0f}s)")
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

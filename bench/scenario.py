@@ -1,0 +1,221 @@
+"""One benchmark scenario, run in its own process (fresh Ray, clean peak-RSS figures).
+
+    python -m bench.scenario '<json spec>'   → prints ``RESULT {json}`` as its last line
+
+Kinds: ``pipeline`` (the product: NightlyJob through Ray supervisors), ``naive`` (what a team
+would write without it: asyncio + httpx, fixed retries with a fixed sleep, no shared quota),
+``publish`` (RDB publish vs raw COPY). The local stack is started by bench/run.py; the spec
+carries its endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sim_call(url: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+        return json.loads(resp.read() or b"null")
+
+
+def configure_sims(spec: dict[str, Any]) -> None:
+    for media, m in spec["media"].items():
+        url = spec["stack"]["sims"][media]
+        sim_call(url, "/_sim/config", {
+            "latency_ms": spec["latency_ms"], "jitter_ms": spec["jitter_ms"], "fault_rate": spec["fault_rate"],
+            "faults": spec["faults"], "app_rps": m["quota_rps"], "account_rps": 0, "job_polls": 1,
+            "hang_s": spec.get("hang_s", 3.0), "regain_minutes": 0,
+        })
+        sim_call(url, "/_sim/reset", {})
+
+
+def sim_stats(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {media: sim_call(spec["stack"]["sims"][media], "/_sim/stats") for media in spec["media"]}
+
+
+def build_config(spec: dict[str, Any], workdir: Path) -> Any:
+    from ingest.config import load_config
+
+    stack = spec["stack"]
+    media_over: dict[str, Any] = {}
+    for media, m in spec["media"].items():
+        base = {"meta": 300_000_000, "google_ads": 3_000_000_000, "yahoo_ads": 3_000_000}[media]
+        media_over[media] = {
+            "base_url": stack["sims"][media],
+            "accounts": [{"id": str(base + i), "advertiser": f"adv_{i % 20}"} for i in range(m["accounts"])],
+            "fetchers": m.get("fetchers", 1),
+            "concurrency": m.get("concurrency", 64),
+            "timeout_s": spec.get("timeout_s", 2.0),
+            # just under the platform's quota: jittered latency shifts arrivals inside its window
+            "quota": {"requests_per_second": m["quota_rps"] * spec.get("quota_margin", 0.95), "burst": 1,
+                      "max_concurrent_jobs": 64, "poll_min_s": 0.05, "poll_max_s": 1.0},
+            "retry": {"max_attempts": 8, "backoff_min_s": 0.05, "backoff_max_s": 2.0},
+            "breaker": {"failure_threshold": 50, "open_s": 1.0},
+        }
+    return load_config(REPO / "config" / "local.yaml", {
+        "gcs": {"bucket": spec["bucket"], "endpoint": stack["gcs"]},
+        "bigquery": {"dataset": spec["dataset"], "endpoint": stack["bq"]},
+        "database": {"url": f"sqlite:///{workdir / 'ledger.db'}", "url_env": None},
+        "sandbox": None,
+        "media": media_over,
+        "max_backfill_days": 400,
+        "base_dir": str(workdir),
+    })
+
+
+def dates_of(spec: dict[str, Any]) -> list[date]:
+    last = date.fromisoformat(spec["last_date"])
+    return [last - timedelta(days=i) for i in range(spec["days"])][::-1]
+
+
+def minimum_requests(cfg: Any) -> dict[str, int]:
+    from ingest.media.base import Secret
+    from ingest.supervision.fetcher import build_connector
+
+    return {m: build_connector(m, s, {k: Secret("x") for k in s.credentials}).minimum_requests() for m, s in cfg.media.items()}
+
+
+def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Wall vs the quota bound, requests per report vs the flow's minimum, violations."""
+    mins = minimum_requests(cfg)
+    per_media = {}
+    bound = 0.0
+    for media, st in stats.items():
+        quota = spec["media"][media]["quota_rps"]
+        faults = st["faults_total"]
+        rejected = st["violations"] + st.get("auth_failures", 0) + st.get("down_rejections", 0)
+        unavoidable = (st["requests"] - rejected - faults) + faults  # successful + one per injected fault
+        n = spec["media"][media]["accounts"] * spec["days"]
+        per_media[media] = {"reports": n, "requests": st["requests"], "requests_per_report": round(st["requests"] / n, 3),
+                            "minimum_per_report": mins[media], "faults_injected": faults, "violations": st["violations"],
+                            "bound_s": round(unavoidable / quota, 2)}
+        bound = max(bound, unavoidable / quota)
+    requests = sum(s["requests"] for s in stats.values())
+    minimum = sum(per_media[m]["reports"] * per_media[m]["minimum_per_report"] for m in per_media)
+    return {
+        "reports": reports, "wall_s": round(wall, 2), "bound_s": round(bound, 2),
+        "wall_over_bound": round(wall / bound, 3) if bound else None,
+        "requests_per_report": round(requests / reports, 3), "minimum_per_report": round(minimum / reports, 3),
+        "requests_over_minimum": round(requests / minimum, 3),
+        "violations": sum(s["violations"] for s in stats.values()),
+        "faults_injected": sum(s["faults_total"] for s in stats.values()),
+        "per_report_ms": round(wall / reports * 1000, 2), "media": per_media,
+    }
+
+
+def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from bench.procs import Sampler
+    from ingest.job import NightlyJob, RunRequest
+
+    configure_sims(spec)
+    cfg = build_config(spec, workdir)
+    dates = dates_of(spec)
+    job = NightlyJob(cfg)
+    with Sampler() as sampler:
+        report = job.execute(RunRequest("backfill", dates, cfg.media_names(), force=True))
+    stats = sim_stats(spec)
+    reports = sum(m.planned for m in report.media.values())
+    out = figures(spec, cfg, report.fetch_s, reports, stats)
+    failed = sum(m.failed for m in report.media.values())
+    out.update({
+        "outcome": report.outcome, "failed_reports": failed,
+        "first_failures": [f"{f['media']}/{f['account_id']}/{f['date']}: {f['error_message']}" for f in report.failures[:3]],
+        "retries": sum(m.retries for m in report.media.values()),
+        "ray_worker_processes": sampler.peak.ray_workers, "actors": sampler.peak.actors,
+        "driver_peak_rss_mb": round(sampler.peak.driver_rss_mb, 1), "total_peak_rss_mb": round(sampler.peak.total_rss_mb, 1),
+    })
+    if report.stage2 is not None:
+        s2 = report.stage2
+        out["stage2"] = {"seconds": round(report.stage2_s, 2), "dates": len(dates), "partitions": len(s2.partitions),
+                         "bq_load_jobs": s2.bq_load_jobs, "bq_query_jobs": s2.bq_query_jobs,
+                         "durations_s": s2.durations_s,
+                         "load_s_per_date": round(s2.durations_s.get("load", 0) / len(dates), 3),
+                         "aggregate_s_per_date": round(s2.durations_s.get("aggregate", 0) / len(dates), 3),
+                         "failed_partitions": len(s2.by_status("failed"))}
+    return out
+
+
+async def _naive(spec: dict[str, Any], cfg: Any, attempts: int, sleep_s: float, parallel: int) -> tuple[int, int]:
+    """asyncio.gather over every report with a semaphore; 3 tries with a 1 s sleep; no quota."""
+    import httpx
+
+    from ingest.clients import gcs_client
+    from ingest.media.base import HttpSession, Secret, rows_to_csv
+    from ingest.storage import ReportPaths, ReportStore
+    from ingest.supervision.fetcher import build_connector
+
+    store = ReportStore(gcs_client(cfg.gcs, cfg.project), cfg.gcs.bucket)
+    store.ensure_bucket()
+    sem = asyncio.Semaphore(parallel)
+    ok = failed = 0
+
+    async def one(client: httpx.AsyncClient, media: str, account: str, day: date) -> None:
+        nonlocal ok, failed
+        settings = cfg.media[media]
+        conn = build_connector(media, settings, {k: Secret("bench-token") for k in settings.credentials})
+
+        async def poll(_: int) -> None:
+            await asyncio.sleep(1.0)
+
+        async with sem:
+            for _attempt in range(attempts):
+                try:
+                    rows = await conn.fetch(HttpSession(client, poll_wait=poll), account, day)
+                    paths = ReportPaths(cfg.gcs.bucket, media, account, day)
+                    await asyncio.to_thread(store.put, paths.rows_csv, rows_to_csv(rows), "text/csv")
+                    ok += 1
+                    return
+                except Exception:  # noqa: BLE001 - the naive way: catch everything, sleep, try again
+                    await asyncio.sleep(sleep_s)
+            failed += 1
+
+    async with httpx.AsyncClient(timeout=cfg.media["meta"].timeout_s, limits=httpx.Limits(max_connections=parallel)) as client:
+        await asyncio.gather(*(one(client, m, a, d) for m, s in cfg.media.items() for a in s.account_ids() for d in dates_of(spec)))
+    return ok, failed
+
+
+def run_naive(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from bench.procs import Sampler
+
+    configure_sims(spec)
+    cfg = build_config(spec, workdir)
+    with Sampler() as sampler:
+        started = time.perf_counter()
+        ok, failed = asyncio.run(_naive(spec, cfg, attempts=3, sleep_s=1.0, parallel=spec.get("naive_parallel", 64)))
+        wall = time.perf_counter() - started
+    out = figures(spec, cfg, wall, ok + failed, sim_stats(spec))
+    out.update({"failed_reports": failed, "driver_peak_rss_mb": round(sampler.peak.driver_rss_mb, 1),
+                "ray_worker_processes": 0, "total_peak_rss_mb": round(sampler.peak.driver_rss_mb, 1)})
+    return out
+
+
+def run_publish(spec: dict[str, Any], _workdir: Path) -> dict[str, Any]:
+    from aggregations.bench_publish import bench_publish
+
+    return bench_publish(spec["database_url"], rows=spec["rows"]).as_dict()
+
+
+def main() -> None:
+    import tempfile
+
+    spec = json.loads(sys.argv[1])
+    kind = spec["kind"]
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+        result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish}[kind](spec, Path(tmp))
+    print("RESULT " + json.dumps(result, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
