@@ -228,8 +228,9 @@ class BigQueryStage:
         return self.run_job(kind, key, f"query {kind} {key}", submit, "query")
 
     # -- load -------------------------------------------------------------------------------
-    def load_partition(self, media: str, day: date, uri: str) -> int:
-        """Load one (media, date) from its wildcard URI and swap it into ``raw_{media}``.
+    def load_partition(self, media: str, day: date, uri: str | list[str]) -> int:
+        """Load one (media, date) from its wildcard URI (or its list of object URIs) in one load
+        job and swap it into ``raw_{media}``.
 
         Returns the rows the load job read. The date and media are rendered as literals in
         the script because bqemulator rejects query parameters inside multi-statement

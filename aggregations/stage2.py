@@ -39,7 +39,7 @@ from aggregations.totals import Totals
 from ingest.clients import bq_client, gcs_client, rdb_engine
 from ingest.config import PipelineConfig, RetrySettings, check_name
 from ingest.errors import ConfigError, IngestError
-from ingest.storage import ReportStore, partition_csv_uri, partition_prefix
+from ingest.storage import ReportStore, partition_prefix
 
 log = structlog.get_logger("aggregations.stage2")
 
@@ -195,6 +195,7 @@ def _run(
 
     # 1. What is there to load? A partition without any CSV keeps its previous data.
     csv_tot: dict[Partition, Totals] = {}
+    csv_names: dict[Partition, list[str]] = {}
     with step("list"):
         for p in parts:
             media, day = p
@@ -206,6 +207,7 @@ def _run(
                     continue
                 results[p].csv_objects = len(names)
                 csv_tot[p] = csv_totals(store, names)
+                csv_names[p] = names
             except Exception as exc:  # noqa: BLE001
                 fail([p], f"read CSVs: {translate(exc, 'gcs')}")
     to_load = [p for p in parts if p in csv_tot]
@@ -233,7 +235,12 @@ def _run(
         for p in to_load:
             media, day = p
             try:
-                results[p].rows_loaded = stage.load_partition(media, day, partition_csv_uri(cfg.gcs.bucket, media, day))
+                # still one load job per (media, date), over exactly the objects reconciled above;
+                # a list rather than the `*.csv` wildcard because bqemulator (DuckDB COPY) sniffs
+                # the CSV dialect of a wildcard from its first file only, so a later file with a
+                # quoted name ("Search ""Generic"", 1") then fails to parse; a list is read per file
+                uris = [f"gs://{cfg.gcs.bucket}/{name}" for name in csv_names[p]]
+                results[p].rows_loaded = stage.load_partition(media, day, uris)
                 loaded.append(p)
             except IngestError as exc:
                 fail([p], f"load: {exc}")

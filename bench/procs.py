@@ -38,9 +38,16 @@ def ray_processes() -> dict[int, str]:
     return out
 
 
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def is_worker(cmd: str) -> bool:
+    """A Ray *worker* process (an actor or an idle worker), not the raylet, GCS or node agents."""
+    return (cmd.startswith("ray::") and not cmd.startswith(AGENTS)) or "default_worker.py" in cmd
+
+
 def worker_processes() -> list[int]:
-    """Ray worker processes (actors and idle workers), not the raylet or GCS."""
-    return [pid for pid, cmd in ray_processes().items() if cmd.startswith("ray::") or "default_worker.py" in cmd]
+    return [pid for pid, cmd in ray_processes().items() if is_worker(cmd)]
 
 
 @dataclass
@@ -72,7 +79,7 @@ class Sampler:
     def sample(self) -> None:
         driver = _rss_kb(os.getpid()) / 1024
         procs = ray_processes()
-        workers = [p for p, c in procs.items() if c.startswith("ray::") or "default_worker.py" in c]
+        workers = [p for p, c in procs.items() if is_worker(c)]
         actors = [p for p, c in procs.items() if c.startswith("ray::") and "Actor" in c]
         total = driver + sum(_rss_kb(p) for p in procs) / 1024
         pk = self.peak

@@ -1,7 +1,9 @@
 """``python -m ingest`` (also the ``ingest`` console script): the operator's commands.
 
 Exit codes: 0 success · 2 bad input (config, arguments; nothing was started) ·
-3 partial failure (some reports or partitions failed; the rest landed) · 4 total failure.
+3 partial failure (some reports or partitions failed; the rest landed) · 4 total failure ·
+5 refused: another live run holds a (media, date) this run needs (nothing was started).
+``status`` exits 3 when anything it shows is failed, else 0.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from datetime import date, timedelta
 from typing import Any
 
 from ingest.config import PipelineConfig, check_account, load_config
 from ingest.errors import ConfigError
-from ingest.job import EXIT_FAILED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
+from ingest.job import EXIT_FAILED, EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
+from ingest.ledger import LockedError
 from ingest.logging import configure_logging
 
 SANDBOX_TOKENS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
@@ -25,25 +29,38 @@ class UsageError(ConfigError):
     pass
 
 
+EPILOG = ("Exit codes: 0 success, 2 bad input (nothing started), 3 partial failure, 4 total failure, "
+          "5 refused because another live run holds the same media and date (nothing started).")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the problem, exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def _date(value: str) -> date:
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):  # one spelling only (fromisoformat also takes 20261120)
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ingest",
         description="Fetch ad-platform reports into GCS, load and aggregate them in BigQuery, publish to the RDB.",
-        epilog="Exit codes: 0 success, 2 bad input (nothing started), 3 partial failure, 4 total failure.",
+        epilog=EPILOG,
     )
     p.add_argument("--config", default=None, help="config YAML (default: $INGEST_CONFIG or config/local.yaml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)  # so --config also works after the command
+    common = _Parser(add_help=False)  # so --config also works after the command
     common.add_argument("--config", default=argparse.SUPPRESS, help="config YAML")
 
-    run = sub.add_parser("run", parents=[common], help="the nightly job: every media and account for one date",
+    run = sub.add_parser("run", parents=[common], epilog=EPILOG, help="the nightly job: every media and account for one date",
                          description="Fetch every configured media and account for one date (default: yesterday in the "
                                      "configured time zone), then load, aggregate and publish. Reports already done for "
                                      "that date are skipped, so running it again after a crash resumes.")
@@ -52,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
 
-    rerun = sub.add_parser("rerun", parents=[common], help="re-run one media for one date (and account), or only what failed",
+    rerun = sub.add_parser("rerun", parents=[common], epilog=EPILOG, help="re-run one media for one date (and account), or only what failed",
                            description="Either re-fetch exactly one media for one date (optionally one account), then "
                                        "re-load and re-aggregate only the affected partitions — other media are untouched; "
                                        "or, with --failed, fetch only the reports that failed or never finished.")
@@ -63,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--json", action="store_true", help="print the run summary as JSON")
     rerun.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
 
-    backfill = sub.add_parser("backfill", parents=[common], help="fetch a range of dates in one run (resumable)",
+    backfill = sub.add_parser("backfill", parents=[common], epilog=EPILOG, help="fetch a range of dates in one run (resumable)",
                               description="Fetch every date from --from to --to (inclusive) in one run, inside the same "
                                           "quota budget. Reports already done are skipped, so an interrupted backfill "
                                           "resumes when started again.")
@@ -86,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="start the local stack and run the whole pipeline for one date (make demo)")
     demo.add_argument("--date", type=_date, help="report date (default: yesterday)")
+
+    ui = sub.add_parser("ui", parents=[common], help="the read-only run-history web page (docs/operations.md)",
+                        description="Serve the run history, each run's media × date grid, failures and a 30-night chart "
+                                    "from the ledger. Read-only. Binding to anything but 127.0.0.1/localhost requires "
+                                    "an access token in $INGEST_UI_TOKEN (exit 2 without it).")
+    ui.add_argument("--host", default=None, help="address to bind (default: ui.host in the config, 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=None, help="port (default: ui.port in the config, 8080)")
     return p
 
 
@@ -172,14 +196,21 @@ def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         from ingest.clients import rdb_engine
         from ingest.ledger import Ledger
 
+        media = _media_arg(cfg, args.media)
+        day = _validate_date(cfg, args.date) if args.date else None
         ledger = Ledger(rdb_engine(cfg.database_url()))
         ledger.migrate()
-        media = _media_arg(cfg, args.media)
-        dates = [_validate_date(cfg, args.date)] if args.date else ledger.unfinished_dates(media)
-        if not dates:
-            print("nothing failed or unfinished: nothing to re-run")
+        # exactly the reports recorded as not done (failed, or left behind by a dead run) and the
+        # stage-2 partitions still pending/failed — never a report that is done or never planned
+        keys, parts = ledger.unfinished(media, day)
+        keys = {k for k in keys if k.account in cfg.media[k.media].account_ids()}
+        if not keys and not parts:
+            print("nothing failed or unfinished" + (f" for {day}" if day else "") + ": nothing to re-run")
             return EXIT_SUCCESS
-        return _run(cfg, RunRequest("rerun", dates, media, take_over=args.take_over), args.json)
+        involved = {k.media for k in keys} | {m for m, _ in parts}
+        dates = sorted({k.day for k in keys} | {d for _, d in parts})
+        req = RunRequest("rerun", dates, [m for m in media if m in involved], only=frozenset(keys), take_over=args.take_over)
+        return _run(cfg, req, args.json)
     if not args.media or not args.date:
         raise UsageError("rerun needs --media and --date (or --failed)")
     media = _media_arg(cfg, args.media)
@@ -194,7 +225,10 @@ def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     configure_logging()
     try:
         cfg = load_config(args.config)
@@ -236,11 +270,18 @@ def main(argv: list[str] | None = None) -> int:
             dates = [args.date_from + timedelta(days=i) for i in range(days)]
             req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over)
             return _run(cfg, req, args.json)
+        if args.command == "ui":
+            from ingest.ui import serve
+
+            return serve(cfg, host=args.host, port=args.port, environ=os.environ, config_arg=args.config)
         if args.command == "status":
             from ingest.status import print_status
 
             return print_status(cfg, day=args.date if args.run_id else _validate_date(cfg, args.date or cfg.yesterday()),
                                 run_id=args.run_id, as_json=args.json)
+    except LockedError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_LOCKED
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

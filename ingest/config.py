@@ -80,6 +80,8 @@ class QuotaSettings(Strict):
     max_concurrent_jobs: int = Field(4, ge=1, description="async report jobs in flight at once")
     poll_min_s: float = Field(0.2, gt=0)
     poll_max_s: float = Field(30.0, gt=0)
+    pause_after_throttles: int = Field(
+        3, ge=1, description="consecutive throttles (no success between) that pause the whole media by the hint")
 
 
 class BreakerSettings(Strict):

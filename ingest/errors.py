@@ -21,15 +21,33 @@ from typing import Any
 BODY_LIMIT = 2000
 
 _SECRET_PATTERNS = [
-    re.compile(r"(access_token=)[^&\s\"']+", re.I),
+    # query strings: access_token=, refresh_token=, token=, client_secret=, api_key=, key=
+    re.compile(r"((?:\b[A-Za-z_]*token|client_secret|api_key|\bkey|password)=)[^&\s\"'<>]+", re.I),
     re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I),
     re.compile(r"(OAuth\s+)[A-Za-z0-9._~+/=-]+", re.I),
-    re.compile(r"(developer-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.I),
+    re.compile(r"(Basic\s+)[A-Za-z0-9+/=]{8,}", re.I),
+    # headers and JSON/dict forms: Authorization: X, "developer-token": "X", 'access_token': 'X'
+    re.compile(r"((?:authorization|developer[-_]token|access[-_]token|refresh[-_]token|client[-_]secret|x-api-key)"
+               r"[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*|Bearer\s|OAuth\s|Basic\s)[^\s\"',}&]+", re.I),
+    # URLs with credentials: scheme://user:password@host
+    re.compile(r"(://[^/:@\s]+:)[^@/\s]+(?=@)"),
 ]
+
+#: exact credential values this process has seen (``Secret`` registers itself): scrubbed wherever they appear
+_KNOWN_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Remember a credential's exact value so ``redact`` removes it even where no pattern matches."""
+    if value and len(value) >= 6:
+        _KNOWN_SECRETS.add(value)
 
 
 def redact(text: str) -> str:
-    """Remove anything that looks like a credential from free text."""
+    """Remove anything that looks like a credential (or is a known one) from free text."""
+    for value in sorted(tuple(_KNOWN_SECRETS), key=len, reverse=True):  # a copy: another thread may register
+        if value in text:
+            text = text.replace(value, "***")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(r"\1***", text)
     return text

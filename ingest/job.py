@@ -25,6 +25,7 @@ from ingest.clients import gcs_client, rdb_engine
 from ingest.config import PipelineConfig
 from ingest.errors import ConfigError
 from ingest.ledger import Ledger
+from ingest.notify import Notifier
 from ingest.media.base import Secret
 from ingest.progress import NoProgress, Progress
 from ingest.storage import ReportStore
@@ -39,6 +40,8 @@ EXIT_SUCCESS = 0
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_FAILED = 4
+#: another live run holds a (media, date) this run needs: refused, nothing started; try later
+EXIT_LOCKED = 5
 #: how many times the driver recreates a media's supervisor that died before giving up on it
 SUPERVISOR_RESTARTS = 3
 
@@ -51,6 +54,8 @@ class RunRequest:
     accounts: list[str] | None = None
     force: bool = False
     take_over: bool = False
+    #: only these reports (``rerun --failed``); None = every configured account
+    only: frozenset[ReportKey] | None = None
 
 
 @dataclass
@@ -73,6 +78,8 @@ class RunReport:
     media: dict[str, MediaSummary] = field(default_factory=dict)
     stage2: Any = None
     fetch_s: float = 0.0
+    #: part of fetch_s spent starting a local Ray (0 when joining a running cluster)
+    ray_start_s: float = 0.0
     stage2_s: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -85,7 +92,9 @@ def plan_keys(cfg: PipelineConfig, req: RunRequest) -> list[ReportKey]:
             if req.accounts and account not in req.accounts:
                 continue
             for day in req.dates:
-                keys.append(ReportKey(media, account, day))
+                key = ReportKey(media, account, day)
+                if req.only is None or key in req.only:
+                    keys.append(key)
     return keys
 
 
@@ -96,6 +105,7 @@ class NightlyJob:
         self.environ = dict(os.environ if environ is None else environ)
         self.engine = rdb_engine(cfg.database_url())
         self.ledger = Ledger(self.engine)
+        self.notifier = Notifier(cfg.notify, self.environ)
 
     def secrets(self, media: list[str]) -> dict[str, dict[str, Secret]]:
         """Resolve every credential up front: a missing one is a config error (exit 2)."""
@@ -108,17 +118,18 @@ class NightlyJob:
         secrets = self.secrets(req.media)
         self.ledger.migrate()
         all_keys = plan_keys(self.cfg, req)
-        states = self.ledger.states(all_keys)
-        # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches.
-        todo = all_keys if req.force else [k for k in all_keys if states.get(k, {}).get("status") != "done"]
         run_id = self.ledger.open_run(req.kind, req.dates, req.media)
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
             taken = self.ledger.acquire(run_id, [(m, d) for m in req.media for d in req.dates],
                                         stale_after_s=self.cfg.lock_stale_s, take_over=req.take_over)
-        except ConfigError:
-            self.ledger.close_run(run_id, "aborted", {"refused": "partitions locked by another run"})
+        except ConfigError as exc:
+            self.ledger.close_run(run_id, "aborted", {"refused": exc.message})
             raise
+        # Read states only once the locks are ours: a run that just finished has written them.
+        states = self.ledger.states(all_keys)
+        # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches.
+        todo = all_keys if req.force else [k for k in all_keys if states.get(k, {}).get("status") != "done"]
         if taken:
             log.warning("stale_locks_taken_over", from_runs=taken)
         report = RunReport(run_id, "running", EXIT_SUCCESS, {m: MediaSummary() for m in req.media})
@@ -141,8 +152,9 @@ class NightlyJob:
             # every partition that changed since its last good stage 2 — also by a run that died
             report.stage2 = self._stage2(run_id, self.ledger.pending_partitions(req.media, req.dates), store)
             report.stage2_s = time.perf_counter() - started
-        except BaseException:
+        except BaseException as exc:
             self.ledger.close_run(run_id, "aborted", self._counts(report))
+            self._notify_end(req, report, exc)
             raise
         finally:
             beat.stop()
@@ -155,6 +167,7 @@ class NightlyJob:
         ]
         self.ledger.close_run(run_id, report.outcome, self._counts(report))  # type: ignore[arg-type]
         log.info("run_finished", outcome=report.outcome, exit_code=report.exit_code, **self._counts(report))
+        self._notify_end(req, report)
         return report
 
     # -- fetch ------------------------------------------------------------------------------
@@ -162,6 +175,7 @@ class NightlyJob:
         import ray
 
         if not ray.is_initialized():
+            started = time.perf_counter()
             ray.init(
                 address=self.cfg.ray.address,
                 num_cpus=self.cfg.ray.num_cpus,
@@ -169,6 +183,7 @@ class NightlyJob:
                 logging_level="WARNING",
                 configure_logging=False,
             )
+            report.ray_start_s = time.perf_counter() - started
         by_media: dict[str, list[ReportKey]] = defaultdict(list)
         for key in todo:
             by_media[key.media].append(key)
@@ -199,21 +214,29 @@ class NightlyJob:
                 async for ref in stream:
                     event: Event = await ref
                     self._record(run_id, event, summary, remaining, next_attempt)
-                return
-            except ray.exceptions.RayActorError as exc:
-                log.error("supervisor_died", media=media, generation=generation, remaining=len(remaining), error=type(exc).__name__)
-                self.ledger.apply(run_id, Event("restart", media, message=f"supervisor died ({type(exc).__name__}); "
-                                                                      f"recreating with {len(remaining)} reports left"))
+                if not remaining:
+                    return
+                why = "its event stream ended early"
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+                # died (process killed, node lost) or failed (e.g. could not start its fetchers):
+                # recreate it with what the ledger does not have as done yet
+                what = "died" if isinstance(exc, ray.exceptions.RayActorError) else "failed"
+                why = f"supervisor {what} ({type(exc).__name__})"
             finally:
                 ray.kill(supervisor)  # its fetchers share its fate
+            log.error("supervisor_died", media=media, generation=generation, remaining=len(remaining), reason=why)
+            self._record(run_id, Event("restart", media, message=f"{why}; recreating with {len(remaining)} reports left"),
+                         summary, remaining, next_attempt)
         for key in sorted(remaining):
             event = Event("failed", media, key, next_attempt.get(key, 1) - 1, error_kind="unavailable",
-                          message=f"supervisor of {media} died {SUPERVISOR_RESTARTS + 1} times")
+                          message=f"supervisor of {media} died or failed {SUPERVISOR_RESTARTS + 1} times")
             self._record(run_id, event, summary, remaining, next_attempt)
 
     def _record(self, run_id: str, event: Event, summary: Any, remaining: set[ReportKey],
                 next_attempt: dict[ReportKey, int]) -> None:
         self.ledger.apply(run_id, event)
+        if event.kind == "breaker_open":
+            self.notifier.breaker_open(run_id, event)  # background thread; never raises
         if event.kind == "retry" and event.key:
             summary.retries += 1
             next_attempt[event.key] = event.attempt + 1
@@ -255,6 +278,14 @@ class NightlyJob:
 
     def _counts(self, report: RunReport) -> dict[str, Any]:
         return {m: vars(s) for m, s in report.media.items()}
+
+    def _notify_end(self, req: RunRequest, report: RunReport, error: BaseException | None = None) -> None:
+        """Webhook message for every finished run (success too); a failing webhook is only logged."""
+        try:
+            self.notifier.run_finished(report, self.ledger.run(report.run_id), kind=req.kind, error=error,
+                                       dates=(min(req.dates).isoformat(), max(req.dates).isoformat()))
+        except Exception as exc:  # noqa: BLE001 - notifications never change a run's outcome
+            log.warning("notify_failed", reason=f"{type(exc).__name__}: {exc}")
 
 
 class _Heartbeat:

@@ -119,9 +119,17 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 class LockedError(ConfigError):
-    """Another live run holds one of the (media, date) partitions this run needs."""
+    """Another live run holds one of the (media, date) partitions this run needs.
+
+    Not bad input, so the CLI exits with its own code (5): nothing was started, try later.
+    ``code`` carries the holding run ids, comma-separated.
+    """
 
     kind = "locked"
+
+    @property
+    def holders(self) -> list[str]:
+        return (self.code or "").split(",") if self.code else []
 
 
 def now() -> datetime:
@@ -171,7 +179,9 @@ class Ledger:
         holder = started_by()
         taken: set[str] = set()
         cutoff = now().timestamp() - stale_after_s
-        with self.engine.begin() as conn:
+        #: run id → (holder, heartbeat age, partitions) of live locks in the way
+        held: dict[str, tuple[str, float, list[str]]] = {}
+        with self.engine.begin() as conn:  # raising rolls back the locks inserted so far: all or none
             for media, day in parts:
                 ins = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(locks).values(
                     media=media, date=day, run_id=run_id, holder=holder, heartbeat_at=now()
@@ -182,15 +192,21 @@ class Ledger:
                 beat = row["heartbeat_at"]
                 beat_ts = (beat if beat.tzinfo else beat.replace(tzinfo=UTC)).timestamp()
                 if not take_over and beat_ts >= cutoff:
-                    age = now().timestamp() - beat_ts
-                    raise LockedError(
-                        f"{media} {day} is held by run {row['run_id']} ({row['holder']}, heartbeat {age:.0f}s ago); "
-                        f"wait for it, or pass --take-over if that run is dead (locks go stale after {stale_after_s:.0f}s)")
+                    entry = held.setdefault(row["run_id"], (row["holder"], now().timestamp() - beat_ts, []))
+                    entry[2].append(f"{media} {day}")
+                    continue
                 upd = locks.update().where(locks.c.media == media, locks.c.date == day, locks.c.run_id == row["run_id"],
                                            locks.c.heartbeat_at == beat).values(run_id=run_id, holder=holder, heartbeat_at=now())
                 if conn.execute(upd.returning(locks.c.run_id)).first() is None:
                     raise LockedError(f"{media} {day}: another run took the lock at the same moment; try again")
                 taken.add(row["run_id"])
+            if held:
+                raise LockedError(
+                    "refused: " + "; ".join(
+                        f"{', '.join(p)} {'is' if len(p) == 1 else 'are'} held by run {rid} ({who}, heartbeat {age:.0f}s ago)"
+                        for rid, (who, age, p) in sorted(held.items()))
+                    + f". Wait for it to finish, or pass --take-over if that run is dead (its locks go stale "
+                      f"{stale_after_s:.0f}s after its last heartbeat).", code=",".join(sorted(held)))
             for old in taken:
                 conn.execute(runs.update().where(runs.c.run_id == old, runs.c.outcome == "running").values(
                     outcome="aborted", finished_at=now()))
@@ -318,14 +334,33 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q.order_by(report_tasks.c.date, report_tasks.c.media, report_tasks.c.account_id)).mappings()]
 
-    def unfinished_dates(self, media: Iterable[str]) -> list[date]:
-        """Dates with any report of these media not done (failed, or left pending by a dead run)."""
+    def unfinished(self, media: Iterable[str], day: date | None = None) -> tuple[set[ReportKey], set[tuple[str, date]]]:
+        """What ``rerun --failed`` re-does: reports not done (failed, or left pending/running by a
+        dead run) and stage-2 partitions still pending or failed, for these media (and date)."""
+        media = set(media)
+        t, s = report_tasks, stage_steps
+        q = sa.select(t.c.media, t.c.account_id, t.c.date).where(t.c.status != "done", t.c.media.in_(media))
+        qs = sa.select(s.c.media, s.c.date).where(s.c.status.in_(("pending", "failed")), s.c.media.in_(media))
+        if day is not None:
+            q, qs = q.where(t.c.date == day), qs.where(s.c.date == day)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(report_tasks.c.date).distinct().where(
-                report_tasks.c.status != "done", report_tasks.c.media.in_(set(media)))).all()
-            stage = conn.execute(sa.select(stage_steps.c.date).distinct().where(
-                stage_steps.c.status.in_(("pending", "failed")), stage_steps.c.media.in_(set(media)))).all()
-        return sorted({r[0] for r in rows} | {r[0] for r in stage})
+            keys = {ReportKey(m, a, d) for m, a, d in conn.execute(q)}
+            parts = {(m, d) for m, d in conn.execute(qs)}
+        return keys, parts
+
+    def runs_for(self, day: date, limit: int = 20) -> list[dict[str, Any]]:
+        """Runs whose date range covers ``day``, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.date_from <= day, runs.c.date_to >= day)
+                                .order_by(runs.c.started_at.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def locks(self, dates: Iterable[date] | None = None) -> list[dict[str, Any]]:
+        q = sa.select(locks)
+        if dates is not None:
+            q = q.where(locks.c.date.in_(set(dates)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(locks.c.date, locks.c.media)).mappings()]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -25,7 +25,10 @@ class NoProgress:
 
 
 class RichProgress:
-    def __init__(self) -> None:
+    """One bar per media on stderr (stdout stays for the summary / --json)."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
 
         self._bars = RP(
@@ -34,6 +37,7 @@ class RichProgress:
             MofNCompleteColumn(),
             TextColumn("[red]{task.fields[failed]} failed"),
             TimeElapsedColumn(),
+            console=console or Console(stderr=True),
             transient=False,
         )
         self._tasks: dict[str, Any] = {}
@@ -41,10 +45,15 @@ class RichProgress:
         self._bars.start()
 
     def start(self, media: str, total: int) -> None:
+        if media in self._tasks:  # a media restarted within the run keeps its bar
+            self._bars.reset(self._tasks[media], total=total, failed=self._failed[media])
+            return
         self._failed[media] = 0
         self._tasks[media] = self._bars.add_task(media, total=total, media=media, failed=0)
 
     def advance(self, media: str, status: str) -> None:
+        if media not in self._tasks:
+            return
         if status == "failed":
             self._failed[media] += 1
         self._bars.update(self._tasks[media], advance=1, failed=self._failed[media])

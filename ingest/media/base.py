@@ -9,12 +9,14 @@ job, and that wait is decided by supervision, not by the connector.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -23,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ingest.errors import DataError, IngestError, Timeout, Transient, redact
+from ingest.errors import DataError, IngestError, Timeout, Transient, redact, register_secret
 
 CSV_COLUMNS = (
     "date",
@@ -86,6 +88,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)  # also on unpickling in a Ray worker: redact() scrubs the exact value there too
 
     def get(self) -> str:
         return self._value
@@ -136,6 +139,8 @@ Gate = Callable[[], Awaitable[None]]
 PollWait = Callable[[int], Awaitable[None]]
 #: called with the usage a response reported
 UsageSink = Callable[[Usage], None]
+#: one of the media's async-job slots, held from job creation until its result is read
+JobSlot = Callable[[], AbstractAsyncContextManager[None]]
 
 
 async def _no_gate() -> None:
@@ -151,9 +156,10 @@ class HttpSession:
     """The one network seam of a fetch: every request of one report goes through here.
 
     It (1) waits on the media's gate before each request, async-job polls included, so the
-    quota budget sees everything; (2) records every exchange for the raw GCS object, even
-    when the report then fails; (3) translates transport failures into our taxonomy, the
-    only place that knows httpx exceptions.
+    quota budget sees everything, and lends the media's async-job slots (``job()``);
+    (2) records every exchange for the raw GCS object, even when the report then fails;
+    (3) translates transport failures into our taxonomy, the only place that knows httpx
+    exceptions.
     """
 
     def __init__(
@@ -163,11 +169,13 @@ class HttpSession:
         gate: Gate | None = None,
         poll_wait: PollWait | None = None,
         on_usage: UsageSink | None = None,
+        job_slot: JobSlot | None = None,
     ) -> None:
         self.client = client
         self._gate = gate or _no_gate
         self._poll_wait = poll_wait
         self._on_usage = on_usage
+        self._job_slot = job_slot
         self.pages: list[RawPage] = []
         self.requests = 0
 
@@ -200,6 +208,14 @@ class HttpSession:
     def report_usage(self, usage: Usage) -> None:
         if self._on_usage is not None:
             self._on_usage(usage)
+
+    def job(self) -> AbstractAsyncContextManager[None]:
+        """``async with http.job():`` around create → poll → download of one async report job.
+
+        Waits for one of the media's ``max_concurrent_jobs`` slots (shared by every fetcher of
+        the media) and holds it until the block ends, however it ends.
+        """
+        return self._job_slot() if self._job_slot is not None else contextlib.nullcontext()
 
     async def poll_wait(self, polls_so_far: int) -> None:
         """Wait before the next poll of an async job (interval grows with ``polls_so_far``)."""

@@ -256,6 +256,10 @@ class MetaConnector(Connector):
         raise DataError(f"more than {MAX_PAGES} pages")
 
     async def _fetch_async(self, http: HttpSession, act: str, day: date) -> list[Any]:
+        async with http.job():  # one of the media's concurrent async-job slots, until the result is read
+            return await self._run_job(http, act, day)
+
+    async def _run_job(self, http: HttpSession, act: str, day: date) -> list[Any]:
         created = await self._call(http, "POST", self._url(f"act_{act}", "insights"), data=self._params(day))
         run_id = created.get("report_run_id")
         if isinstance(run_id, int) and not isinstance(run_id, bool):

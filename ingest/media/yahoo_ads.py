@@ -173,12 +173,13 @@ class YahooAdsConnector(Connector):
                 "reportIncludeDeleted": "TRUE",
                 "reportIncludeZeroImpressions": "TRUE",
             }
-            added = await self._envelope(http, "add", account, {"accountId": int(account), "operand": [operand]})
-            job_id = added.get("reportJobId")
-            if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
-                raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
-            await self._wait(http, account, job_id)
-            response = await self._post(http, "download", account, {"accountId": int(account), "reportJobId": job_id})
+            async with http.job():  # one of the media's concurrent report-job slots, until downloaded
+                added = await self._envelope(http, "add", account, {"accountId": int(account), "operand": [operand]})
+                job_id = added.get("reportJobId")
+                if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+                    raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
+                await self._wait(http, account, job_id)
+                response = await self._post(http, "download", account, {"accountId": int(account), "reportJobId": job_id})
             return self._parse_csv(response, account, day)
         except IngestError as exc:
             raise exc.with_report(self.media, account, day.isoformat()) from None

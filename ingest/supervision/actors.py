@@ -18,10 +18,10 @@ import structlog
 from ingest.config import GcsSettings, MediaSettings
 from ingest.errors import IngestError
 from ingest.logging import configure_logging
-from ingest.media.base import Secret, Usage
+from ingest.media.base import Secret
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
-from ingest.supervision.fetcher import ReportFetcher, build_connector
+from ingest.supervision.fetcher import QuotaLink, ReportFetcher, build_connector
 from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
 from ingest.tasks import Event, ReportKey, ReportResult
 
@@ -39,8 +39,12 @@ class FetcherActor:
                  project: str, supervisor: Any, log_context: dict[str, Any]) -> None:
         configure_logging()
         structlog.contextvars.bind_contextvars(**log_context, media=media)
+        # async methods run on the actor's event-loop thread, which does not see what __init__ bound
+        self._log_context = {**log_context, "media": media}
         self.supervisor = supervisor
-        self._utilization: float | None = None
+        # the media's budget lives in the supervisor: every request and async job asks it first
+        self.quota = QuotaLink(lambda u: supervisor.permit.remote(u), lambda k: supervisor.acquire_job.remote(k),
+                               lambda k: supervisor.release_job.remote(k))
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
@@ -51,16 +55,10 @@ class FetcherActor:
     async def ready(self) -> int:
         return os.getpid()
 
-    async def fetch(self, key: ReportKey) -> ReportResult:
-        async def gate() -> None:
-            utilization, self._utilization = self._utilization, None
-            await self.supervisor.permit.remote(utilization)
-
-        def on_usage(usage: Usage) -> None:
-            self._utilization = max(self._utilization or 0.0, usage.utilization)
-
-        with structlog.contextvars.bound_contextvars(account=key.account, date=key.day.isoformat()):
-            return await self.core.fetch(key, gate=gate, on_usage=on_usage)
+    async def fetch(self, key: ReportKey, attempt: int | None = None) -> ReportResult:
+        with structlog.contextvars.bound_contextvars(**self._log_context, account=key.account, date=key.day.isoformat(),
+                                                     attempt=attempt):
+            return await self.core.fetch(key, self.quota)
 
 
 class RayFetcher(FetcherHandle):
@@ -72,7 +70,8 @@ class RayFetcher(FetcherHandle):
 
     async def fetch(self, key: ReportKey) -> ReportResult:
         try:
-            return await self.actor.fetch.remote(key)
+            # the supervisor's slot bound this report's attempt (log context): the fetcher logs it too
+            return await self.actor.fetch.remote(key, structlog.contextvars.get_contextvars().get("attempt"))
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause
             if isinstance(cause, IngestError):
@@ -84,7 +83,8 @@ class RayFetcher(FetcherHandle):
 
 @ray.remote
 class SupervisorActor:
-    """The media's supervisor process: streams events to the driver, hands out quota permits."""
+    """The media's supervisor process: streams events to the driver, hands out quota permits
+    (request rate and async-job slots) to every fetcher of the media, wherever it runs."""
 
     def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
                  project: str, deadline_epoch: float | None, log_context: dict[str, Any]) -> None:
@@ -112,11 +112,20 @@ class SupervisorActor:
         return handle
 
     async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None):  # type: ignore[no-untyped-def]
+        # bound here, not only in __init__: async methods run on another thread's context; the
+        # supervisor's slot tasks are created inside core.run and inherit this binding
+        structlog.contextvars.bind_contextvars(**self._log_context, media=self.media)  # no reset across yields
         async for event in self.core.run(keys, first_attempt):
             yield event
 
     async def permit(self, utilization: float | None = None) -> None:
         await self.core.permit(utilization)
+
+    async def acquire_job(self, key: ReportKey) -> None:
+        await self.core.acquire_job(key)
+
+    async def release_job(self, key: ReportKey) -> None:
+        await self.core.release_job(key)
 
     async def status(self) -> dict[str, Any]:
         return self.core.status()

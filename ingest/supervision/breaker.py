@@ -58,6 +58,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def cancel_probe(self) -> None:
+        """The probe never reached the API (its fetcher died): let another request probe."""
+        if self.state == "half_open":
+            self._probe_out = False
+
     def record_neutral(self) -> None:
         """A non-outage outcome (e.g. a fatal 4xx): the API is up; release a probe slot."""
         if self.state == "half_open":

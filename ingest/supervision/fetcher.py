@@ -10,8 +10,10 @@ re-raises the classified error; it never retries — the supervisor decides that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import structlog
@@ -43,6 +45,46 @@ def resolve_secrets(media: str, settings: MediaSettings, environ: dict[str, str]
     return out
 
 
+class QuotaLink:
+    """A fetcher process's line to its media's budget, which lives in the supervisor.
+
+    ``permit(utilization)`` before every request (the highest usage the platform reported
+    since the last permit rides along, so usage near the limit slows the whole media), and
+    ``acquire_job``/``release_job`` around each async report job. The three callables return
+    awaitables: ``ObjectRef``s of the supervisor actor's methods in production, the plain
+    ``MediaSupervisor`` methods in tests.
+    """
+
+    def __init__(
+        self,
+        permit: Callable[[float | None], Awaitable[None]],
+        acquire_job: Callable[[ReportKey], Awaitable[None]],
+        release_job: Callable[[ReportKey], Awaitable[None]],
+    ) -> None:
+        self._permit = permit
+        self._acquire_job = acquire_job
+        self._release_job = release_job
+        self._utilization: float | None = None
+
+    async def gate(self) -> None:
+        utilization, self._utilization = self._utilization, None
+        await self._permit(utilization)
+
+    def on_usage(self, usage: Usage) -> None:
+        self._utilization = max(self._utilization or 0.0, usage.utilization)
+
+    def job_slot(self, key: ReportKey) -> Callable[[], AbstractAsyncContextManager[None]]:
+        @contextlib.asynccontextmanager
+        async def slot() -> AsyncIterator[None]:
+            await self._acquire_job(key)
+            try:
+                yield
+            finally:
+                await self._release_job(key)
+
+        return slot
+
+
 class ReportFetcher:
     def __init__(self, media: str, settings: MediaSettings, connector: Connector, store: ReportStore, client: httpx.AsyncClient) -> None:
         self.media = media
@@ -54,15 +96,18 @@ class ReportFetcher:
     async def fetch(
         self,
         key: ReportKey,
-        gate: Any = None,
-        on_usage: Any = None,
+        quota: QuotaLink | None = None,
     ) -> ReportResult:
-        quota = self.settings.quota
+        polls = self.settings.quota
 
-        async def poll_wait(n: int) -> None:
-            await asyncio.sleep(poll_interval(n, quota.poll_min_s, quota.poll_max_s))
+        async def poll_wait(n: int) -> None:  # adaptive: starts fast, grows while the job runs
+            await asyncio.sleep(poll_interval(n, polls.poll_min_s, polls.poll_max_s))
 
-        session = HttpSession(self.client, gate=gate, poll_wait=poll_wait, on_usage=on_usage)
+        if quota is None:
+            session = HttpSession(self.client, poll_wait=poll_wait)
+        else:
+            session = HttpSession(self.client, gate=quota.gate, poll_wait=poll_wait, on_usage=quota.on_usage,
+                                  job_slot=quota.job_slot(key))
         paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day)
         started = time.perf_counter()
         try:

@@ -1,7 +1,9 @@
 """The media's quota budget: a token bucket every request waits on, async-job polls included.
 
 One ``RateLimiter`` lives in the media's supervisor actor; fetchers (on any node) ask it for
-a permit before each request, so the rate holds for the whole media, not per process.
+a permit before each request, so the rate holds for the whole media, not per process. The
+same goes for ``JobSlots``: the async report jobs (Meta async insights, Yahoo reports) a
+media may have open at once, held from job creation until its result is downloaded.
 Usage headers near the limit slow it down *before* the platform throttles us; a throttle
 pauses it until the server's hint has passed.
 """
@@ -9,12 +11,17 @@ pauses it until the server's hint has passed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Hashable
 
 
 class RateLimiter:
-    """Token bucket: ``rate`` permits/s on average, at most ``burst`` at once."""
+    """At most ``burst`` permits at once, then ``rate`` permits/s: a token bucket written as
+    GCRA (virtual scheduling), so every permit gets its own send time and a pause moves the
+    whole schedule: after a pause at most ``burst`` permits go out together, never a backlog.
+    """
 
     #: utilization above which we start slowing down, and the floor of the slowdown
     SLOW_FROM = 0.75
@@ -27,28 +34,24 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self.clock = clock
-        self._tokens = float(burst)
-        self._last = clock()
+        self._tat = clock()  # theoretical arrival time of the next permit at the current rate
         self._paused_until = 0.0
-        self._lock = asyncio.Lock()
         self.granted = 0
-
-    def _refill(self, now: float) -> None:
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
+        self.paused_s = 0.0
 
     def reserve(self) -> float:
         """Take a permit now; return how long the caller must wait before using it."""
         now = self.clock()
-        self._refill(now)
-        self._tokens -= 1.0
+        start = max(now, self._paused_until)
+        interval = 1.0 / self.rate
+        tat = max(self._tat, start)
+        send_at = max(start, tat - (self.burst - 1) * interval)
+        self._tat = tat + interval
         self.granted += 1
-        wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-        return max(wait, self._paused_until - now)
+        return send_at - now
 
     async def acquire(self) -> None:
-        async with self._lock:  # serialize reservations so waits queue in order
-            wait = self.reserve()
+        wait = self.reserve()  # synchronous: reservations are handed out in arrival order
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -58,26 +61,64 @@ class RateLimiter:
             factor = 1.0
         else:
             factor = max(self.MIN_FACTOR, 1.0 - (utilization - self.SLOW_FROM) / (1.0 - self.SLOW_FROM))
-        now = self.clock()
-        self._refill(now)
         self.rate = self.base_rate * factor
 
     def pause(self, seconds: float) -> None:
         """Hold every permit until ``seconds`` from now (the platform asked us to wait)."""
-        self._paused_until = max(self._paused_until, self.clock() + seconds)
+        until = self.clock() + seconds
+        if until > self._paused_until:
+            self.paused_s += until - max(self._paused_until, self.clock())
+            self._paused_until = until
 
 
 class JobSlots:
-    """At most ``n`` async report jobs in flight per media (a platform-side quota)."""
+    """At most ``n`` async report jobs in flight per media (a platform-side quota).
+
+    A slot is owned by the report that took it, so the supervisor can take back the slots of
+    a report whose fetcher process died while holding them (``release_all``).
+    """
 
     def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.n = n
         self._sem = asyncio.Semaphore(n)
+        self._held: Counter[Hashable] = Counter()
+        self.peak = 0
 
-    async def __aenter__(self) -> None:
+    @property
+    def in_use(self) -> int:
+        return sum(self._held.values())
+
+    async def acquire(self, owner: Hashable) -> None:
         await self._sem.acquire()
+        self._held[owner] += 1
+        self.peak = max(self.peak, self.in_use)
 
-    async def __aexit__(self, *exc: object) -> None:
+    def release(self, owner: Hashable) -> bool:
+        """Give back one slot of ``owner``; False if it held none (already taken back)."""
+        if self._held[owner] <= 0:
+            self._held.pop(owner, None)
+            return False
+        self._held[owner] -= 1
+        if not self._held[owner]:
+            del self._held[owner]
         self._sem.release()
+        return True
+
+    def release_all(self, owner: Hashable) -> int:
+        n = 0
+        while self.release(owner):
+            n += 1
+        return n
+
+    @contextlib.asynccontextmanager
+    async def slot(self, owner: Hashable) -> AsyncIterator[None]:
+        await self.acquire(owner)
+        try:
+            yield
+        finally:
+            self.release(owner)
 
 
 def poll_interval(polls_so_far: int, min_s: float, max_s: float, growth: float = 1.6) -> float:

@@ -22,7 +22,7 @@ import structlog
 from ingest.config import MediaSettings, RestartSettings
 from ingest.errors import IngestError, RetriableError, Throttled
 from ingest.supervision.breaker import CircuitBreaker
-from ingest.supervision.limiter import RateLimiter
+from ingest.supervision.limiter import JobSlots, RateLimiter
 from ingest.supervision.policy import RetryPolicy
 from ingest.tasks import Event, ReportKey, ReportResult
 
@@ -82,6 +82,7 @@ class MediaSupervisor:
         self.clock = clock
         self.policy = RetryPolicy(settings.retry, deadline=deadline, rng=rng, clock=clock)
         self.limiter = RateLimiter(settings.quota.requests_per_second, settings.quota.burst, clock=clock)
+        self.jobs = JobSlots(settings.quota.max_concurrent_jobs)
         self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock)
         self.restarts = RestartIntensity(settings.restarts, clock=clock)
         self.fetchers: list[FetcherHandle] = []
@@ -92,6 +93,9 @@ class MediaSupervisor:
         self._pending = 0
         self._open_cycles = 0
         self._restart_locks: dict[int, asyncio.Lock] = {}
+        self._in_flight: set[ReportKey] = set()
+        self._finished: set[ReportKey] = set()
+        self._throttle_run = 0  # throttles since the last success
         self.counts = {"done": 0, "failed": 0, "retries": 0, "restarts": 0, "throttled": 0}
 
     # -- quota: every request of every fetcher of this media comes through here ----------
@@ -99,6 +103,16 @@ class MediaSupervisor:
         if utilization is not None:
             self.limiter.observe_usage(utilization)
         await self.limiter.acquire()
+
+    async def acquire_job(self, key: ReportKey) -> None:
+        """One of the media's ``max_concurrent_jobs`` async-job slots, owned by ``key``."""
+        await self.jobs.acquire(key)
+        if key not in self._in_flight:
+            # the fetch that asked has already ended (its process died while it waited): give it back
+            self.jobs.release(key)
+
+    async def release_job(self, key: ReportKey) -> None:
+        self.jobs.release(key)
 
     # -- the run --------------------------------------------------------------------------
     async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None) -> AsyncIterator[Event]:
@@ -128,6 +142,10 @@ class MediaSupervisor:
 
     def _emit(self, event: Event) -> None:
         if event.kind in ("done", "failed"):
+            if event.key in self._finished:  # defensive: one terminal event per report, ever
+                log.error("duplicate_terminal_event", media=self.media, report=str(event.key), kind=event.kind)
+                return
+            self._finished.add(event.key)  # type: ignore[arg-type]
             self._pending -= 1
             self.counts[event.kind] += 1
         self._events.put_nowait(event)
@@ -135,8 +153,12 @@ class MediaSupervisor:
     async def _slot(self, index: int) -> None:
         while True:
             ready_at, _, key, attempt = await self._queue.get()
+            if key in self._finished:
+                continue
             try:
-                await self._handle(index, key, attempt, ready_at)
+                # every log line of this report's attempt, here and in the fetcher process, carries these
+                with structlog.contextvars.bound_contextvars(account=key.account, date=key.day.isoformat(), attempt=attempt):
+                    await self._handle(index, key, attempt, ready_at)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - our own bug must fail one report, never hang the run
@@ -150,9 +172,16 @@ class MediaSupervisor:
         if not await self._wait_for_breaker(key, attempt):
             return
         handle = self.fetchers[index]
+        self._in_flight.add(key)
         try:
-            result = await handle.fetch(key)
+            try:
+                result = await handle.fetch(key)
+            finally:  # before the key can be re-queued and taken by another slot
+                self._in_flight.discard(key)
+                if n := self.jobs.release_all(key):  # a dead fetcher cannot give its job slots back
+                    log.warning("job_slots_reclaimed", media=self.media, report=str(key), slots=n)
         except WorkerDied as exc:
+            self.breaker.cancel_probe()  # a crash says nothing about the API
             self._put(key, attempt, 0.0)  # not an API attempt: fetched once more
             await self._replace(index, handle, key, str(exc))
             return
@@ -165,6 +194,7 @@ class MediaSupervisor:
         if self.breaker.state != "closed":
             self._emit(Event("breaker_closed", self.media, key, attempt))
         self.breaker.record_success()
+        self._throttle_run = 0
         self._open_cycles = 0
         self._emit(Event("done", self.media, key, attempt, result=result))
 
@@ -178,13 +208,27 @@ class MediaSupervisor:
                 return True
             await asyncio.sleep(max(0.05, self.breaker.wait_s()))
 
+    def _throttle_pause(self, err: Throttled) -> None:
+        """Pause the whole media only when throttles come in a row.
+
+        One throttle delays only its own report (the policy waits the server's hint before
+        retrying it): platforms also throttle single accounts or answer 429 at random, and
+        stopping every account for each of those would waste the night. ``pause_after_throttles``
+        throttles with no success between them mean the media's budget itself is spent: then
+        every request of the media waits the hint (or the minimum backoff when there is none).
+        """
+        self._throttle_run += 1
+        if self._throttle_run >= self.settings.quota.pause_after_throttles:
+            wait = err.retry_after or self.settings.retry.backoff_min_s
+            self.limiter.pause(min(wait, self.settings.retry.max_hint_s))
+            log.warning("media_paused", media=self.media, seconds=round(wait, 2), throttles_in_a_row=self._throttle_run)
+
     def _on_error(self, key: ReportKey, attempt: int, err: IngestError) -> None:
         err.with_report(key.media, key.account, key.day.isoformat())
         if isinstance(err, RetriableError):
             if isinstance(err, Throttled):
                 self.counts["throttled"] += 1
-                if err.retry_after:
-                    self.limiter.pause(min(err.retry_after, self.settings.retry.max_hint_s))
+                self._throttle_pause(err)
             if self.breaker.record_failure():
                 self._open_cycles += 1
                 log.warning("breaker_open", media=self.media, cycle=self._open_cycles, reason=str(err))
@@ -209,21 +253,26 @@ class MediaSupervisor:
 
     async def _replace(self, index: int, dead: FetcherHandle, key: ReportKey, why: str) -> None:
         async with self._restart_locks[index]:
-            if self.fetchers[index] is not dead:
-                return  # another slot already replaced it
-            if not self.restarts.allow():
-                self.given_up = (f"fetcher processes of {self.media} crashed more than "
-                                 f"{self.settings.restarts.max_restarts} times in {self.settings.restarts.period_s:.0f}s")
-                log.error("escalated", media=self.media, reason=self.given_up)
-                self._emit(Event("escalated", self.media, key, message=self.given_up))
-                return
-            delay = self.restarts.backoff()
-            self.counts["restarts"] += 1
-            log.warning("fetcher_restart", media=self.media, index=index, delay_s=delay, reason=why)
-            self._emit(Event("restart", self.media, key, message=f"fetcher {index} died ({why}); restarting in {delay:.1f}s",
-                             delay_s=delay, extra={"fetcher": index}))
-            await asyncio.sleep(delay)
-            self.fetchers[index] = await self.spawn(index)
+            if self.fetchers[index] is not dead or self.given_up:
+                return  # another slot already replaced it, or the media was given up
+            while True:  # a replacement that dies while starting counts as one more restart
+                if not self.restarts.allow():
+                    self.given_up = (f"fetcher processes of {self.media} crashed more than "
+                                     f"{self.settings.restarts.max_restarts} times in {self.settings.restarts.period_s:.0f}s")
+                    log.error("escalated", media=self.media, reason=self.given_up)
+                    self._emit(Event("escalated", self.media, key, message=self.given_up))
+                    return
+                delay = self.restarts.backoff()
+                self.counts["restarts"] += 1
+                log.warning("fetcher_restart", media=self.media, index=index, delay_s=delay, reason=why)
+                self._emit(Event("restart", self.media, key, message=f"fetcher {index} died ({why}); restarting in {delay:.1f}s",
+                                 delay_s=delay, extra={"fetcher": index}))
+                await asyncio.sleep(delay)
+                try:
+                    self.fetchers[index] = await self.spawn(index)
+                    return
+                except Exception as exc:  # noqa: BLE001 - e.g. killed before it was ready
+                    why = f"its replacement failed to start: {type(exc).__name__}: {exc}"
 
     def status(self) -> dict[str, Any]:
         return {
@@ -231,6 +280,7 @@ class MediaSupervisor:
             "pending": self._pending,
             "breaker": self.breaker.state,
             "rate": self.limiter.rate,
+            "jobs_in_use": self.jobs.in_use,
             "given_up": self.given_up,
             **self.counts,
         }

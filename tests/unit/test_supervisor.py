@@ -134,3 +134,122 @@ def test_unexpected_exception_fails_report_not_run() -> None:
     sup, _, _ = make({"a": [RuntimeError("bug")]})  # type: ignore[list-item]
     out = final(run(sup, keys("a", "b")))
     assert out["a"].kind == "failed" and out["b"].kind == "done"
+
+
+class SlotTakingFetcher:
+    """Takes one of the media's job slots per report (like an async connector) and may die holding it."""
+
+    def __init__(self, sup: MediaSupervisor, die_on: set[str], calls: Counter[str]) -> None:
+        self.sup, self.die_on, self.calls = sup, die_on, calls
+        self.dead = False
+
+    async def fetch(self, key: ReportKey) -> ReportResult:
+        self.calls[key.account] += 1
+        if self.dead:
+            raise WorkerDied("killed")
+        await self.sup.acquire_job(key)
+        await asyncio.sleep(0.001)
+        if key.account in self.die_on:
+            self.die_on.discard(key.account)
+            self.dead = True
+            raise WorkerDied("killed while holding a job slot")  # never releases it
+        await self.sup.release_job(key)
+        return ReportResult(key, Totals(rows=1), 10, 1, (), 0.0)
+
+
+def test_job_slot_of_a_dead_fetcher_is_taken_back() -> None:
+    calls: Counter[str] = Counter()
+    holder: list[MediaSupervisor] = []
+
+    async def spawn(i: int) -> SlotTakingFetcher:
+        return SlotTakingFetcher(holder[0], die_on, calls)
+
+    die_on = {"a", "c"}
+    sup = MediaSupervisor("meta", settings(fetchers=1, concurrency=2, quota={"requests_per_second": 1000, "burst": 100,
+                                                                           "max_concurrent_jobs": 1}), spawn)
+    holder.append(sup)
+    out = final(run(sup, keys(*"abcdef")))  # with a leaked slot the run would hang (wait_for fails)
+    assert all(e.kind == "done" for e in out.values()) and len(out) == 6
+    assert sup.jobs.in_use == 0 and sup.jobs.peak == 1
+    assert sup.counts["restarts"] == 2
+
+
+def test_probe_lost_to_a_crash_does_not_wedge_the_breaker() -> None:
+    """Breaker half-open, its single probe's fetcher dies: another request must probe."""
+    sup, calls, spawned = make({"a": [Transient("503")], "b": [WorkerDied("killed during the probe")]},
+                               fetchers=1, concurrency=1,
+                               breaker={"failure_threshold": 1, "open_s": 0.02, "max_open_cycles": 3})
+    events = run(sup, keys("a", "b"))
+    out = final(events)
+    assert out["a"].kind == "done" and out["b"].kind == "done"
+    assert [e.kind for e in events].count("breaker_open") == 1 and sup.breaker.state == "closed"
+    assert spawned == [0, 0]
+
+
+def test_replacement_that_fails_to_start_is_retried_within_intensity() -> None:
+    calls: Counter[str] = Counter()
+    script: dict[str, list[BaseException]] = {"a": [WorkerDied("pid 1")]}
+    spawns: list[int] = []
+
+    async def spawn(i: int) -> ScriptedFetcher:
+        spawns.append(i)
+        if len(spawns) == 2:  # the first replacement is killed before it is ready
+            raise RuntimeError("ActorDiedError: killed while starting")
+        return ScriptedFetcher(script, calls, [True])
+
+    sup = MediaSupervisor("meta", settings(fetchers=1, concurrency=1), spawn)
+    events = run(sup, keys("a", "b"))
+    out = final(events)
+    assert out["a"].kind == "done" and out["b"].kind == "done" and calls["a"] == 2
+    restarts = [e for e in events if e.kind == "restart"]
+    assert len(restarts) == 2 and "failed to start" in (restarts[1].message or "")
+    assert len(spawns) == 3
+
+
+def test_every_retry_decision_is_logged_with_its_reason() -> None:
+    from structlog.testing import capture_logs
+
+    sup, _, _ = make({"a": [Transient("503"), Throttled("slow", retry_after=0.01)], "b": [AuthError("190")]})
+    with capture_logs() as logs:
+        run(sup, keys("a", "b"))
+    decisions = [e for e in logs if e["event"] == "retry_decision"]
+    assert sorted((e["report"].split("/")[1], e["attempt"], e["action"]) for e in decisions) == [
+        ("a", 1, "retry"), ("a", 2, "retry"), ("b", 1, "fail")]
+    reasons = {(e["report"].split("/")[1], e["attempt"]): e["reason"] for e in decisions}
+    assert reasons[("a", 1)].startswith("transient failure") and "backoff" in reasons[("a", 1)]
+    assert reasons[("a", 2)].startswith("throttled by the platform; waiting the server's hint")
+    assert reasons[("b", 1)].startswith("authentication/permission failure")
+
+
+@pytest.mark.parametrize(("done", "skipped", "failed", "stage_failed", "expected"), [
+    (3, 0, 0, 0, ("success", 0)),
+    (0, 3, 0, 0, ("success", 0)),  # nothing to fetch: everything was already done
+    (2, 0, 1, 0, ("partial", 3)),
+    (3, 0, 0, 1, ("partial", 3)),  # every report landed but a partition's stage 2 failed
+    (0, 1, 2, 0, ("partial", 3)),  # the skipped report is done from an earlier run
+    (0, 0, 3, 0, ("failed", 4)),
+])
+def test_exit_code_tells_success_partial_and_failure_apart(done: int, skipped: int, failed: int, stage_failed: int,
+                                                            expected: tuple[str, int]) -> None:
+    from types import SimpleNamespace
+
+    from ingest.job import MediaSummary, NightlyJob, RunReport
+
+    report = RunReport("r", "running", 0, {"meta": MediaSummary(planned=done + skipped + failed, done=done, skipped=skipped,
+                                                                 failed=failed)})
+    if stage_failed:
+        report.stage2 = SimpleNamespace(partitions={("meta", DAY): SimpleNamespace(status="failed")})
+    job = NightlyJob.__new__(NightlyJob)  # _outcome needs no database
+    assert job._outcome(report) == expected
+
+
+def test_single_throttle_delays_only_its_report_but_a_run_of_throttles_pauses_the_media() -> None:
+    sup, _, _ = make({"a": [Throttled("slow", retry_after=0.01)]},
+                     quota={"requests_per_second": 1000, "burst": 100, "pause_after_throttles": 3})
+    run(sup, keys("a", "b"))
+    assert sup.limiter.paused_s == 0  # one throttle: only report a waited
+    sup, _, _ = make({"a": [Throttled("x", retry_after=0.05)] * 3},
+                     fetchers=1, concurrency=1,
+                     quota={"requests_per_second": 1000, "burst": 100, "pause_after_throttles": 3})
+    run(sup, keys("a"))
+    assert sup.limiter.paused_s > 0  # three in a row: the whole media waited the hint

@@ -1,0 +1,56 @@
+"""The operators' web page: run history, a run's media × date grid, failed reports, a chart of
+the last 30 nights and the exact ``rerun`` command for every cell. Read-only.
+
+``python -m ingest ui [--host 127.0.0.1] [--port 8080]``; see ``ingest/ui/app.py``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping
+
+import structlog
+
+from ingest.config import PipelineConfig
+from ingest.errors import register_secret
+
+log = structlog.get_logger("ingest.ui")
+
+EXIT_USAGE = 2
+
+
+def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: Mapping[str, str],
+          config_arg: str | None = None) -> int:
+    """Start the page and block until interrupted. Exit 2 if it may not start (no token off-loopback)."""
+    from aiohttp import web
+
+    from ingest.ui.app import create_app, is_loopback
+    from ingest.ui.queries import LedgerReader, read_only_engine
+
+    host = host or cfg.ui.host
+    port = port or cfg.ui.port
+    token = (environ.get(cfg.ui.token_env) or "").strip() or None
+    if not is_loopback(host) and not token:
+        print(f"error: refusing to serve on {host}: binding to anything but 127.0.0.1/localhost requires an access "
+              f"token in ${cfg.ui.token_env} (e.g. export {cfg.ui.token_env}=$(python -c 'import secrets; "
+              f"print(secrets.token_urlsafe(32))'))", file=sys.stderr)
+        return EXIT_USAGE
+    if token:
+        if len(token) < 16:
+            print(f"error: ${cfg.ui.token_env} is too short (use at least 16 characters)", file=sys.stderr)
+            return EXIT_USAGE
+        register_secret(token)
+    try:
+        engine = read_only_engine(cfg.database_url())
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    suffix = f" --config {shlex.quote(config_arg)}" if config_arg else ""
+    app = create_app(LedgerReader(engine), token=token, page_size=cfg.ui.page_size, cmd_suffix=suffix)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("ui_listening", url=f"http://{shown}:{port}/", token_required=bool(token))
+    print(f"ingest ui: http://{shown}:{port}/" + ("  (access token required: ?token=… once, then a cookie)" if token else ""),
+          file=sys.stderr, flush=True)
+    web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=True)
+    return 0

@@ -1,0 +1,168 @@
+"""The ledger on SQLite and PostgreSQL without Ray: migrations, partition locks (refuse, stale
+take-over, --take-over, all or none), what ``rerun --failed`` picks, and ``status --json``."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ingest.config import load_config
+from ingest.job import RunRequest, plan_keys
+from ingest.ledger import Ledger, LockedError, locks, runs
+from ingest.status import print_status, summarize
+from ingest.tasks import Event, ReportKey, ReportResult, Totals
+
+D1, D2 = date(2026, 11, 19), date(2026, 11, 20)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def ledger(url: str) -> Any:
+    engine = sa.create_engine(url)
+    led = Ledger(engine)
+    led.migrate()
+    yield led
+    engine.dispose()
+
+
+def test_migrations_are_idempotent_and_create_every_table(ledger: Ledger) -> None:
+    ledger.migrate()  # every CLI start does this
+    names = set(sa.inspect(ledger.engine).get_table_names())
+    assert {"ingest_runs", "ingest_report_tasks", "ingest_task_events", "ingest_stage_steps", "ingest_locks",
+            "ingest_alembic_version"} <= names
+
+
+def test_locks_refuse_a_live_holder_and_name_it(ledger: Ledger) -> None:
+    a = ledger.open_run("run", [D1], ["meta", "google_ads"])
+    assert ledger.acquire(a, [("meta", D1), ("google_ads", D1)], stale_after_s=60) == []
+    b = ledger.open_run("rerun", [D1], ["meta"])
+    with pytest.raises(LockedError) as err:
+        ledger.acquire(b, [("yahoo_ads", D1), ("meta", D1)], stale_after_s=60)
+    assert f"meta {D1} is held by run {a}" in err.value.message and "--take-over" in err.value.message
+    assert err.value.holders == [a]
+    # all or none: the free partition (yahoo_ads) was not taken by the refused run
+    assert {(r["media"], r["run_id"]) for r in ledger.locks()} == {("meta", a), ("google_ads", a)}
+    ledger.release(a)
+    assert ledger.acquire(b, [("meta", D1)], stale_after_s=60) == []
+    assert ledger.locks([D1])[0]["run_id"] == b
+
+
+def test_a_stale_lock_is_taken_over_and_its_run_marked_aborted(ledger: Ledger) -> None:
+    dead = ledger.open_run("run", [D1], ["meta"])
+    ledger.acquire(dead, [("meta", D1)], stale_after_s=60)
+    with ledger.engine.begin() as conn:  # its driver was SIGKILLed two minutes ago
+        conn.execute(locks.update().values(heartbeat_at=_ago(120)))
+    new = ledger.open_run("run", [D1], ["meta"])
+    assert ledger.acquire(new, [("meta", D1)], stale_after_s=60) == [dead]
+    assert ledger.run(dead)["outcome"] == "aborted" and ledger.run(dead)["finished_at"] is not None
+    # a heartbeat keeps a lock fresh; --take-over takes even a fresh one
+    ledger.heartbeat(new)
+    third = ledger.open_run("rerun", [D1], ["meta"])
+    with pytest.raises(LockedError):
+        ledger.acquire(third, [("meta", D1)], stale_after_s=60)
+    assert ledger.acquire(third, [("meta", D1)], stale_after_s=60, take_over=True) == [new]
+
+
+def _ago(seconds: float) -> Any:
+    from ingest.ledger import now
+
+    return now() - timedelta(seconds=seconds)
+
+
+def _result(key: ReportKey, rows: int, spend: str = "1.5") -> ReportResult:
+    return ReportResult(key, Totals(rows, 100 * rows, 10 * rows, Decimal(spend), Decimal("0.5")), 1234, 2,
+                        (f"raw/{key.media}/dt={key.day}/{key.account}.csv",), 0.25)
+
+
+def _record(ledger: Ledger, run_id: str, outcomes: dict[ReportKey, str]) -> None:
+    ledger.plan(run_id, list(outcomes))
+    ledger.mark_running(list(outcomes))
+    for key, outcome in outcomes.items():
+        if outcome == "done":
+            ledger.apply(run_id, Event("done", key.media, key, 1, result=_result(key, 4)))
+        elif outcome == "failed":
+            ledger.apply(run_id, Event("retry", key.media, key, 1, error_kind="transient", message="HTTP 503"))
+            ledger.apply(run_id, Event("failed", key.media, key, 2, error_kind="auth", message="token revoked (code 190)"))
+        # "running": the driver died before the report finished
+
+
+def test_unfinished_is_what_rerun_failed_redoes(ledger: Ledger) -> None:
+    run = ledger.open_run("backfill", [D1, D2], ["meta", "google_ads"])
+    _record(ledger, run, {
+        ReportKey("meta", "1", D1): "done", ReportKey("meta", "2", D1): "failed",
+        ReportKey("google_ads", "3", D1): "done", ReportKey("google_ads", "3", D2): "running",
+    })
+    ledger.record_stage(run, "meta", D1, "published", 4, "ok")
+    ledger.record_stage(run, "google_ads", D1, "failed", None, "load failed")
+    keys, parts = ledger.unfinished(["meta", "google_ads"])
+    assert keys == {ReportKey("meta", "2", D1), ReportKey("google_ads", "3", D2)}
+    assert parts == {("google_ads", D1)}
+    assert ledger.unfinished(["meta"], D2) == (set(), set())
+    assert ledger.unfinished(["google_ads"], D2) == ({ReportKey("google_ads", "3", D2)}, set())
+    # plan_keys restricted to those keys: never a done report, never one that was never planned
+    cfg = load_config(None)
+    req = RunRequest("rerun", [D1], ["meta"], only=frozenset({ReportKey("meta", "100200301", D1)}))
+    assert plan_keys(cfg, req) == [ReportKey("meta", "100200301", D1)]
+
+
+def test_status_json_counts_states_attempts_errors_and_stage2(ledger: Ledger, url: str, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ledger.open_run("run", [D1], ["meta", "google_ads"])
+    ledger.acquire(first, [("meta", D1)], stale_after_s=600)
+    _record(ledger, first, {ReportKey("meta", "1", D1): "done", ReportKey("meta", "2", D1): "failed",
+                            ReportKey("google_ads", "3", D1): "done", ReportKey("google_ads", "4", D1): "running"})
+    ledger.record_stage(first, "meta", D1, "published", 4, "reconciled: 4 rows")
+    ledger.close_run(first, "partial", {"meta": {"done": 1, "failed": 1}})
+    doc = summarize(ledger, day=D1)
+    json.dumps(doc)  # serializable as is
+    assert doc["date"] == "2026-11-19" and doc["run"] is None
+    assert [r["run_id"] for r in doc["runs"]] == [first]
+    assert doc["runs"][0]["outcome"] == "partial" and doc["runs"][0]["counts"] == {"meta": {"done": 1, "failed": 1}}
+    assert doc["runs"][0]["seconds"] is not None and "pid" in doc["runs"][0]["started_by"]
+    assert [(lk["media"], lk["run_id"]) for lk in doc["locks"]] == [("meta", first)] and doc["locks"][0]["age_s"] >= 0
+    cells = {c["media"]: c for c in doc["cells"]}
+    meta, google = cells["meta"], cells["google_ads"]
+    assert {k: meta[k] for k in ("date", "reports", "done", "failed", "running", "pending", "retrying", "attempts", "max_attempts", "rows")} == \
+        {"date": "2026-11-19", "reports": 2, "done": 1, "failed": 1, "running": 0, "pending": 0, "retrying": 0,
+         "attempts": 3, "max_attempts": 2, "rows": 4}
+    assert meta["fetch_seconds"] == 0.25
+    assert meta["errors"] == [{"account_id": "2", "error_kind": "auth", "message": "token revoked (code 190)", "attempts": 2}]
+    assert meta["stage2"] == {"status": "published", "loaded_rows": 4, "message": "reconciled: 4 rows"}
+    assert (google["done"], google["running"], google["failed"]) == (1, 1, 0)
+    # a report done since the partition's last stage 2: it waits for (re)loading
+    assert google["stage2"] == {"status": "pending", "loaded_rows": None, "message": "new reports fetched"}
+    assert doc["totals"] == {"reports": 4, "done": 2, "failed": 1, "open": 1}
+    assert doc["failed"] == 1
+    by_run = summarize(ledger, run_id=first)
+    assert by_run["run"]["run_id"] == first and by_run["date"] is None
+    assert by_run["events"] == {"done": 2, "retry": 1, "failed": 1}
+
+    # the CLI entry point: --json prints exactly that document; exit 3 while anything is failed
+    cfg = load_config(None, {"database": {"url": url, "url_env": None}})
+    assert print_status(cfg, day=D1, run_id=None, as_json=True) == 3
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["cells"] == json.loads(json.dumps(doc["cells"])) and printed["failed"] == 1
+    assert print_status(cfg, day=D1, run_id=None, as_json=False) == 3
+    text = capsys.readouterr().out
+    assert "FAILED 2 after 2 attempts: auth: token revoked" in text and f"LOCKED meta {D1} by run {first}" in text
+    assert "rerun --failed --date 2026-11-19" in text
+
+    # fixed: the failed report done by a later run; a failed stage 2 still counts as failed
+    fix = ledger.open_run("rerun", [D1], ["meta"])
+    _record(ledger, fix, {ReportKey("meta", "2", D1): "done", ReportKey("google_ads", "4", D1): "done"})
+    assert print_status(cfg, day=D1, run_id=None, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["totals"] == {"reports": 4, "done": 4, "failed": 0, "open": 0}
+    ledger.record_stage(fix, "google_ads", D1, "failed", None, "reconciliation: rows 8 != 7")
+    assert print_status(cfg, day=D1, run_id=None, as_json=False) == 3
+    assert "STAGE 2 FAILED: reconciliation: rows 8 != 7" in capsys.readouterr().out
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 2

@@ -1,0 +1,177 @@
+"""The media's quota budget without Ray: one supervisor's limiter and job slots shared by every
+fetcher, through the real ``HttpSession`` and connectors (``httpx.MockTransport``).
+
+- every request waits on the supervisor's permit, async-job polls included;
+- a pause (server hint) never releases a backlog: the rate holds over any window afterwards;
+- usage headers near the limit slow the *whole* media down;
+- ``max_concurrent_jobs`` bounds the async report jobs open at once across fetcher processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+from connector_template import make
+
+from ingest.config import MediaSettings
+from ingest.media.base import HttpSession
+from ingest.media.meta import MetaConnector
+from ingest.media.yahoo_ads import YahooAdsConnector
+from ingest.supervision.fetcher import QuotaLink
+from ingest.supervision.limiter import JobSlots, RateLimiter
+from ingest.supervision.supervisor import MediaSupervisor
+from ingest.tasks import ReportKey
+
+DAY = date(2026, 3, 14)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def max_in_window(sends: list[float], window: float = 1.0) -> int:
+    sends = sorted(sends)
+    return max(sum(1 for s in sends[i:] if s < start + window) for i, start in enumerate(sends))
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(20.0, 5), (5.0, 1)])
+def test_pause_never_releases_a_backlog(rate: float, burst: int) -> None:
+    """Callers that queue up during a throttle pause go out at the rate, not all at once."""
+    clock = FakeClock()
+    lim = RateLimiter(rate, burst, clock=clock)
+    sends = []
+    for _ in range(burst):
+        sends.append(clock.t + lim.reserve())
+    lim.pause(1.0)
+    for step in range(int(rate * 3)):  # arrivals spread over the pause and after it
+        clock.t = 0.5 * step / rate
+        sends.append(clock.t + lim.reserve())
+    assert min(sends[burst:]) >= 1.0  # nobody went out during the pause
+    assert max_in_window(sends) <= rate + burst
+    assert lim.paused_s == pytest.approx(1.0)
+
+
+def test_usage_slows_down_reservations() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(10.0, 1, clock=clock)
+    lim.observe_usage(0.95)  # → 2 permits/s
+    sends = [lim.reserve() for _ in range(5)]
+    assert sends == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+def test_job_slots_bound_and_take_back() -> None:
+    async def go() -> None:
+        slots = JobSlots(2)
+        await slots.acquire("a")
+        await slots.acquire("a")
+        waiter = asyncio.create_task(slots.acquire("b"))
+        await asyncio.sleep(0.01)
+        assert not waiter.done() and slots.in_use == 2
+        assert slots.release_all("a") == 2  # e.g. the fetcher holding them died
+        await asyncio.wait_for(waiter, 1)
+        assert slots.in_use == 1 and slots.peak == 2
+        assert slots.release("b") and not slots.release("b")  # a second release is a no-op
+        async with slots.slot("c"):
+            assert slots.in_use == 1
+        assert slots.in_use == 0
+
+    asyncio.run(go())
+
+
+def media_settings(connector: str, **quota: Any) -> MediaSettings:
+    return MediaSettings.model_validate({
+        "connector": connector, "base_url": "http://127.0.0.1:1", "api_version": "v1",
+        "accounts": [{"id": "1", "advertiser": "a"}],
+        "quota": {"requests_per_second": 1000, "burst": 100, **quota},
+    })
+
+
+async def _never(_: int) -> Any:
+    raise AssertionError("no fetchers are spawned in these tests")
+
+
+def link(sup: MediaSupervisor) -> QuotaLink:
+    """What a FetcherActor builds, minus Ray: the supervisor's methods called directly."""
+    return QuotaLink(sup.permit, sup.acquire_job, sup.release_job)
+
+
+def test_usage_headers_slow_the_whole_media() -> None:
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=10, burst=5), _never)
+    usage = {"value": 90}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"x-app-usage": json.dumps({"call_count": usage["value"], "total_cputime": 1, "total_time": 1})}
+        return httpx.Response(200, json={"data": [], "paging": {"cursors": {"after": "x"}}}, headers=headers)
+
+    async def go() -> list[float]:
+        rates = []
+        quota = link(sup)  # one fetcher process: usage seen by one report slows the next permit
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            conn = make(MetaConnector)
+            for value in (90, 90, 10, 10):
+                usage["value"] = value
+                await conn.fetch(HttpSession(client, gate=quota.gate, on_usage=quota.on_usage), "1234", DAY)
+                rates.append(sup.limiter.rate)
+        return rates
+
+    # the usage a response reports reaches the limiter with the next permit
+    assert asyncio.run(go()) == pytest.approx([10.0, 4.0, 4.0, 10.0])
+    assert sup.limiter.granted == 4
+
+
+def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
+    """Two fetcher processes, 12 reports in flight: never more than max_concurrent_jobs open."""
+    sup = MediaSupervisor("yahoo_ads", media_settings("yahoo_ads", max_concurrent_jobs=3), _never)
+    state = {"open": 0, "peak": 0, "requests": 0, "seq": 0}
+
+    def definition(job: int, status: str) -> dict[str, Any]:
+        d = {"reportJobId": job, "reportJobStatus": status, "reportName": "x", "reportType": "CAMPAIGN"}
+        return {"errors": None, "rid": "r", "rval": {"values": [{"operationSucceeded": True, "reportDefinition": d}]}}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        state["requests"] += 1
+        op = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content)
+        await asyncio.sleep(0.005)
+        if op == "add":
+            state["seq"] += 1
+            state["open"] += 1
+            state["peak"] = max(state["peak"], state["open"])
+            return httpx.Response(200, json=definition(state["seq"], "WAIT"))
+        if op == "get":
+            return httpx.Response(200, json=definition(body["reportJobIds"][0], "COMPLETED"))
+        state["open"] -= 1
+        csv = "Day,Campaign ID,Campaign Name,Impressions,Clicks,Cost,Conversions\n2026-03-14,1001,Brand,1,1,5,0\n"
+        return httpx.Response(200, content=csv.encode(), headers={"Content-Type": "text/csv"})
+
+    async def go() -> None:
+        fetchers = [link(sup), link(sup)]
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            conn = make(YahooAdsConnector)
+
+            async def one(i: int) -> None:
+                key = ReportKey("yahoo_ads", str(1000 + i), DAY)
+                quota = fetchers[i % 2]
+                sup._in_flight.add(key)  # what MediaSupervisor._handle does around a fetch
+                try:
+                    http = HttpSession(client, gate=quota.gate, on_usage=quota.on_usage, job_slot=quota.job_slot(key))
+                    rows = await conn.fetch(http, key.account, DAY)
+                    assert len(rows) == 1
+                finally:
+                    sup._in_flight.discard(key)
+
+            await asyncio.gather(*(one(i) for i in range(12)))
+
+    asyncio.run(go())
+    assert state["peak"] == 3  # bounded, and actually reached
+    assert state["open"] == 0 and sup.jobs.in_use == 0
+    assert sup.limiter.granted == state["requests"] == 12 * 3  # add + poll + download: every one gated
