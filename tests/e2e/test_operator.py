@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,6 +328,7 @@ def test_killed_driver_resumes_without_duplicates(stack, make_config: Callable[.
             driver.kill()
         leaked = kill_session(driver.pid)
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     # ray.init's GCS, raylet and workers (our actors) share the driver's fate (kernel fate-sharing);
     # its dashboard/runtime-env agents notice later and exit by themselves — we don't wait for that
     assert [p for p in leaked if "Agent" not in p] == [], leaked
