@@ -50,6 +50,23 @@ def worker_processes() -> list[int]:
     return [pid for pid, cmd in ray_processes().items() if is_worker(cmd)]
 
 
+GROUPS = (("supervisors", "ray::SupervisorActor"), ("fetchers", "ray::FetcherActor"), ("simulators", "ingest.sandbox.simulators"),
+          ("fake-gcs-server", "fake-gcs-server"), ("bqemulator", "bq_emulator"), ("ray system", "raylet"),
+          ("ray system", "gcs_server"), ("ray system", "ray::"))
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _all_cmdlines() -> dict[int, str]:
+    return {int(e): _cmdline(int(e)) for e in os.listdir("/proc") if e.isdigit()}
+
+
 @dataclass
 class Peak:
     driver_rss_mb: float = 0.0
@@ -66,6 +83,15 @@ class Sampler:
         self._stop = threading.Event()
         self._every = every_s
         self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-sampler")
+        self._cpu: dict[int, tuple[str, float]] = {}
+        self._cpu0 = {pid: _cpu_s(pid) for pid in _all_cmdlines()}
+
+    def cpu_by_group(self) -> dict[str, float]:
+        """CPU seconds used during the sampling by each kind of process (where the time goes)."""
+        out: dict[str, float] = {}
+        for group, secs in self._cpu.values():
+            out[group] = round(out.get(group, 0.0) + secs, 1)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
@@ -77,6 +103,11 @@ class Sampler:
         self.sample()
 
     def sample(self) -> None:
+        me = os.getpid()
+        for pid, cmd in _all_cmdlines().items():
+            group = "driver" if pid == me else next((g for g, needle in GROUPS if needle in cmd), None)
+            if group:
+                self._cpu[pid] = (group, _cpu_s(pid) - self._cpu0.get(pid, 0.0))
         driver = _rss_kb(os.getpid()) / 1024
         procs = ray_processes()
         workers = [p for p, c in procs.items() if is_worker(c)]

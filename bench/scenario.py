@@ -124,12 +124,21 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     dates = dates_of(spec)
     job = NightlyJob(cfg)
     with Sampler() as sampler:
-        report = job.execute(RunRequest("backfill", dates, cfg.media_names(), force=True))
+        report = job.execute(RunRequest("backfill", dates, cfg.media_names(), force=True, stage2=spec.get("stage2", True)))
     stats = sim_stats(spec)
     reports = sum(m.planned for m in report.media.values())
     # wall = the fetch phase without starting the local Ray itself (a nightly cluster is already up)
     out = figures(spec, cfg, report.fetch_s - report.ray_start_s, reports, stats)
     out["ray_start_s"] = round(report.ray_start_s, 2)
+    run = job.ledger.run(report.run_id) or {}
+    finished: dict[str, float] = {}
+    for t in job.ledger.task_rows(dates=dates):
+        if t["finished_at"] is not None and run.get("started_at") is not None:
+            finished[t["media"]] = max(finished.get(t["media"], 0.0), (t["finished_at"] - run["started_at"]).total_seconds())
+    for media, secs in finished.items():  # when each media's last report landed, from the run's start
+        out_media = out["media"].get(media)
+        if out_media is not None:
+            out_media["last_report_s"] = round(secs, 2)
     failed = sum(m.failed for m in report.media.values())
     out.update({
         "outcome": report.outcome, "failed_reports": failed,
@@ -137,6 +146,7 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "retries": sum(m.retries for m in report.media.values()),
         "ray_worker_processes": sampler.peak.ray_workers, "actors": sampler.peak.actors,
         "driver_peak_rss_mb": round(sampler.peak.driver_rss_mb, 1), "total_peak_rss_mb": round(sampler.peak.total_rss_mb, 1),
+        "cpu_s_by_process": sampler.cpu_by_group(),
     })
     if report.stage2 is not None:
         s2 = report.stage2

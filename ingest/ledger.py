@@ -269,34 +269,43 @@ class Ledger:
                 }, ["media", "account_id", "date"]))
 
     def apply(self, run_id: str, event: Event) -> None:
-        """Record one supervisor event: the single place a task's status changes."""
+        """Record one supervisor event."""
+        self.apply_many(run_id, [event])
+
+    def apply_many(self, run_id: str, events: list[Event]) -> None:
+        """Record events in order, in one transaction (the driver batches what arrived together)."""
+        with self.engine.begin() as conn:
+            for event in events:
+                self._apply(conn, run_id, event)
+
+    def _apply(self, conn: sa.Connection, run_id: str, event: Event) -> None:
+        """The single place a task's status changes."""
         key = event.key
         at = now()
-        with self.engine.begin() as conn:
-            conn.execute(task_events.insert().values(
-                run_id=run_id, media=event.media, account_id=key.account if key else None, date=key.day if key else None,
-                kind=event.kind, attempt=event.attempt, error_kind=event.error_kind,
-                message=(event.message or "")[:4000] or None, at=at))
-            if key is None or event.kind not in ("done", "failed", "retry"):
-                return
-            where = (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
-            if event.kind == "retry":
-                conn.execute(report_tasks.update().where(where).values(
-                    status="retrying", attempts=event.attempt, error_kind=event.error_kind, error_message=event.message))
-                return
-            values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
-            if event.kind == "done" and event.result is not None:
-                r = event.result
-                # the partition changed: stage 2 must (re)load it, even if this driver dies now
-                conn.execute(_upsert(self.engine, stage_steps, {
-                    "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
-                    "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
-                values.update(error_kind=None, error_message=None, rows=r.totals.rows, bytes=r.bytes, requests=r.requests,
-                              impressions=r.totals.impressions, clicks=r.totals.clicks, spend=r.totals.spend,
-                              conversions=r.totals.conversions, gcs_paths=json.dumps(list(r.paths)), duration_s=r.elapsed_s)
-            else:
-                values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
-            conn.execute(report_tasks.update().where(where).values(**values))
+        conn.execute(task_events.insert().values(
+            run_id=run_id, media=event.media, account_id=key.account if key else None, date=key.day if key else None,
+            kind=event.kind, attempt=event.attempt, error_kind=event.error_kind,
+            message=(event.message or "")[:4000] or None, at=at))
+        if key is None or event.kind not in ("done", "failed", "retry"):
+            return
+        where = (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
+        if event.kind == "retry":
+            conn.execute(report_tasks.update().where(where).values(
+                status="retrying", attempts=event.attempt, error_kind=event.error_kind, error_message=event.message))
+            return
+        values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
+        if event.kind == "done" and event.result is not None:
+            r = event.result
+            # the partition changed: stage 2 must (re)load it, even if this driver dies now
+            conn.execute(_upsert(self.engine, stage_steps, {
+                "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
+                "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
+            values.update(error_kind=None, error_message=None, rows=r.totals.rows, bytes=r.bytes, requests=r.requests,
+                          impressions=r.totals.impressions, clicks=r.totals.clicks, spend=r.totals.spend,
+                          conversions=r.totals.conversions, gcs_paths=json.dumps(list(r.paths)), duration_s=r.elapsed_s)
+        else:
+            values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
+        conn.execute(report_tasks.update().where(where).values(**values))
 
     def mark_running(self, keys: list[ReportKey]) -> None:
         with self.engine.begin() as conn:

@@ -118,8 +118,8 @@ class SupervisorActor:
         async for event in self.core.run(keys, first_attempt):
             yield event
 
-    async def permit(self, utilization: float | None = None) -> None:
-        await self.core.permit(utilization)
+    async def permit(self, utilization: float | None = None) -> float:
+        return await self.core.permit(utilization)
 
     async def acquire_job(self, key: ReportKey) -> None:
         await self.core.acquire_job(key)

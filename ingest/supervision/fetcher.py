@@ -57,7 +57,7 @@ class QuotaLink:
 
     def __init__(
         self,
-        permit: Callable[[float | None], Awaitable[None]],
+        permit: Callable[[float | None], Awaitable[float]],
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
     ) -> None:
@@ -68,7 +68,10 @@ class QuotaLink:
 
     async def gate(self) -> None:
         utilization, self._utilization = self._utilization, None
-        await self._permit(utilization)
+        send_at = await self._permit(utilization)
+        delay = (send_at or 0.0) - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def on_usage(self, usage: Usage) -> None:
         self._utilization = max(self._utilization or 0.0, usage.utilization)

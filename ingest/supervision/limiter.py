@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Hashable
 
 
@@ -23,9 +23,12 @@ class RateLimiter:
     whole schedule: after a pause at most ``burst`` permits go out together, never a backlog.
     """
 
-    #: utilization above which we start slowing down, and the floor of the slowdown
-    SLOW_FROM = 0.75
+    #: reported usage above which the rate follows the capacity it implies; the share of that
+    #: capacity we aim for; the floor of any slowdown; the window our own send rate is measured on
+    SLOW_FROM = 0.8
+    TARGET = 0.95
     MIN_FACTOR = 0.1
+    WINDOW_S = 2.0
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0 or burst < 1:
@@ -38,6 +41,7 @@ class RateLimiter:
         self._paused_until = 0.0
         self.granted = 0
         self.paused_s = 0.0
+        self._sends: deque[float] = deque()  # scheduled send times, for our measured rate
 
     def reserve(self) -> float:
         """Take a permit now; return how long the caller must wait before using it."""
@@ -48,6 +52,9 @@ class RateLimiter:
         send_at = max(start, tat - (self.burst - 1) * interval)
         self._tat = tat + interval
         self.granted += 1
+        self._sends.append(send_at)
+        while self._sends and self._sends[0] < now - self.WINDOW_S:
+            self._sends.popleft()
         return send_at - now
 
     async def acquire(self) -> None:
@@ -56,12 +63,21 @@ class RateLimiter:
             await asyncio.sleep(wait)
 
     def observe_usage(self, utilization: float) -> None:
-        """Scale the rate down linearly from SLOW_FROM to 100% reported usage."""
+        """Follow the platform's own usage report: slow down *before* it throttles.
+
+        Usage ``u`` while we send at ``r`` permits/s implies a capacity of ``r / u``; above
+        SLOW_FROM the rate becomes TARGET × that capacity (never above the configured rate).
+        Alone on the budget at our configured rate this is a fixed point (no slowdown); when
+        someone else spends the same budget, ``u`` rises and we yield in proportion.
+        """
         if utilization <= self.SLOW_FROM:
-            factor = 1.0
-        else:
-            factor = max(self.MIN_FACTOR, 1.0 - (utilization - self.SLOW_FROM) / (1.0 - self.SLOW_FROM))
-        self.rate = self.base_rate * factor
+            self.rate = self.base_rate
+            return
+        now = self.clock()
+        recent = [t for t in self._sends if now - self.WINDOW_S <= t <= now]
+        sent = len(recent) / self.WINDOW_S if len(recent) >= 2 else self.rate
+        capacity = sent / utilization
+        self.rate = max(self.base_rate * self.MIN_FACTOR, min(self.base_rate, self.TARGET * capacity))
 
     def pause(self, seconds: float) -> None:
         """Hold every permit until ``seconds`` from now (the platform asked us to wait)."""

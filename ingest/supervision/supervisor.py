@@ -99,10 +99,16 @@ class MediaSupervisor:
         self.counts = {"done": 0, "failed": 0, "retries": 0, "restarts": 0, "throttled": 0}
 
     # -- quota: every request of every fetcher of this media comes through here ----------
-    async def permit(self, utilization: float | None = None) -> None:
+    async def permit(self, utilization: float | None = None) -> float:
+        """Reserve one request of the media's budget; return its send time (``time.time()``).
+
+        The caller sleeps until then itself: the reservation travels to the fetcher ahead of
+        its slot, so the Ray call's own delivery delay (tens of ms on a busy node) cannot
+        bunch requests together and overrun the platform's window.
+        """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
-        await self.limiter.acquire()
+        return time.time() + self.limiter.reserve()
 
     async def acquire_job(self, key: ReportKey) -> None:
         """One of the media's ``max_concurrent_jobs`` async-job slots, owned by ``key``."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import date
@@ -22,15 +21,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_SUCCESS, NightlyJob, RunRequest
 from ingest.logging import configure_logging
-from ingest.sandbox.stack import free_port
 from ingest.ui.app import create_app
 from ingest.ui.queries import LedgerReader, read_only_engine
+from tests.webhook import Receiver
 
 DAY = date(2026, 11, 19)
 TOKEN_VARS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
@@ -39,46 +37,6 @@ FAULTS = {"fault_rate": 0.15, "faults": {"throttle": 0.0, "server_error": 1.0, "
                                          "job_failed": 0.0, "truncated": 0.0, "auth": 0.0, "drift": 0.0}}
 FAST = {"retry": {"max_attempts": 12, "backoff_min_s": 0.01, "backoff_max_s": 0.1},
         "breaker": {"failure_threshold": 50, "open_s": 0.2}}
-
-
-class Receiver:
-    """A local incoming-webhook endpoint (aiohttp on a free port, own thread) that records posts."""
-
-    def __init__(self, status: int = 200, delay_s: float = 0.0) -> None:
-        self.status, self.delay_s = status, delay_s
-        self.posts: list[dict[str, Any]] = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/services/T000/B000/webhook-path-secret"
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.posts.append({"path": request.path, "json": await request.json(), "ctype": request.content_type})
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return web.Response(status=self.status, text="ok" if self.status == 200 else "no_service")
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def _sim(stack: Any, media: str, method: str, path: str, body: Any = None) -> Any:

@@ -45,12 +45,17 @@ def test_limiter_real_time() -> None:
 
 
 def test_usage_near_limit_slows_down_and_recovers() -> None:
-    lim = RateLimiter(10.0, 1, clock=FakeClock())
+    clock = FakeClock()
+    lim = RateLimiter(10.0, 1, clock=clock)
+    for _ in range(20):  # we send at 10/s for 2 s
+        clock.t += lim.reserve() + 0.0
     lim.observe_usage(0.5)
     assert lim.rate == 10.0
-    lim.observe_usage(0.9)
-    assert lim.rate == pytest.approx(4.0)
-    lim.observe_usage(1.0)
+    lim.observe_usage(0.95)  # alone on the budget at our own rate: a fixed point, no slowdown
+    assert lim.rate == pytest.approx(10.0)
+    lim.observe_usage(2.0)  # someone else spends as much as we do: capacity 5/s → 95 % of it
+    assert lim.rate == pytest.approx(4.75, rel=0.06)
+    lim.observe_usage(100.0)
     assert lim.rate == pytest.approx(1.0)  # floor: MIN_FACTOR
     lim.observe_usage(0.1)
     assert lim.rate == 10.0
