@@ -32,6 +32,7 @@ import httpx
 import structlog
 
 from ingest.config import NotifySettings
+from ingest.ui.render import fmt_dur  # one duration format for the page and the messages
 from ingest.errors import redact, register_secret
 
 log = structlog.get_logger("ingest.notify")
@@ -51,14 +52,7 @@ def _esc(text: Any, limit: int = 300) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+    return fmt_dur(seconds) or "?"
 
 
 def _aware(ts: datetime | None) -> datetime | None:
