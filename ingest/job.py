@@ -215,7 +215,7 @@ class NightlyJob:
         remaining = set(keys)
         next_attempt: dict[ReportKey, int] = {}
         self.progress.start(media, len(keys))
-        self.ledger.mark_running(keys)
+        self.ledger.mark_running(run_id, media)
         for generation in range(SUPERVISOR_RESTARTS + 1):
             supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project, deadline,
                                           {"run_id": run_id})

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.errors import ConfigError
-from ingest.tasks import TERMINAL, Event, ReportKey, Totals
+from ingest.tasks import Event, ReportKey, Totals
 
 RunOutcome = Literal["running", "success", "partial", "failed", "aborted"]
 
@@ -130,6 +130,11 @@ class LockedError(ConfigError):
     @property
     def holders(self) -> list[str]:
         return (self.code or "").split(",") if self.code else []
+
+
+def _task_is(key: ReportKey) -> sa.ColumnElement[bool]:
+    """The row of one report in ``ingest_report_tasks``."""
+    return (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
 
 
 def now() -> datetime:
@@ -274,12 +279,14 @@ class Ledger:
 
     def apply_many(self, run_id: str, events: list[Event]) -> None:
         """Record events in order, in one transaction (the driver batches what arrived together)."""
+        changed: set[tuple[str, date]] = set()
         with self.engine.begin() as conn:
             for event in events:
-                self._apply(conn, run_id, event)
+                self._apply(conn, run_id, event, changed)
 
-    def _apply(self, conn: sa.Connection, run_id: str, event: Event) -> None:
-        """The single place a task's status changes."""
+    def _apply(self, conn: sa.Connection, run_id: str, event: Event, changed: set[tuple[str, date]]) -> None:
+        """The single place a task's status changes. ``changed``: partitions already marked
+        pending for stage 2 in this transaction (one upsert per partition, not per report)."""
         key = event.key
         at = now()
         conn.execute(task_events.insert().values(
@@ -288,7 +295,7 @@ class Ledger:
             message=(event.message or "")[:4000] or None, at=at))
         if key is None or event.kind not in ("done", "failed", "retry"):
             return
-        where = (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
+        where = _task_is(key)
         if event.kind == "retry":
             conn.execute(report_tasks.update().where(where).values(
                 status="retrying", attempts=event.attempt, error_kind=event.error_kind, error_message=event.message))
@@ -296,10 +303,12 @@ class Ledger:
         values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
         if event.kind == "done" and event.result is not None:
             r = event.result
-            # the partition changed: stage 2 must (re)load it, even if this driver dies now
-            conn.execute(_upsert(self.engine, stage_steps, {
-                "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
-                "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
+            if (key.media, key.day) not in changed:
+                # the partition changed: stage 2 must (re)load it, even if this driver dies now
+                changed.add((key.media, key.day))
+                conn.execute(_upsert(self.engine, stage_steps, {
+                    "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
+                    "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
             values.update(error_kind=None, error_message=None, rows=r.totals.rows, bytes=r.bytes, requests=r.requests,
                           impressions=r.totals.impressions, clicks=r.totals.clicks, spend=r.totals.spend,
                           conversions=r.totals.conversions, gcs_paths=json.dumps(list(r.paths)), duration_s=r.elapsed_s)
@@ -307,12 +316,12 @@ class Ledger:
             values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
         conn.execute(report_tasks.update().where(where).values(**values))
 
-    def mark_running(self, keys: list[ReportKey]) -> None:
+    def mark_running(self, run_id: str, media: str) -> None:
+        """The run's planned reports of ``media`` are now with its supervisor (one statement)."""
         with self.engine.begin() as conn:
-            for key in keys:
-                conn.execute(report_tasks.update().where(
-                    (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
-                ).values(status="running", started_at=now()))
+            conn.execute(report_tasks.update().where(
+                report_tasks.c.run_id == run_id, report_tasks.c.media == media, report_tasks.c.status == "pending"
+            ).values(status="running", started_at=now()))
 
     def fetched_totals(self, partitions: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:
         """Per (media, date), the sums of each report's last *good* fetch: what reconciliation expects.
@@ -395,6 +404,3 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(sa.select(stage_steps).where(stage_steps.c.date.in_(set(dates)))).mappings()]
 
-
-def is_terminal(status: str) -> bool:
-    return status in TERMINAL

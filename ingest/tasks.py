@@ -8,9 +8,8 @@ from typing import Literal
 
 from aggregations.totals import Totals  # one checksum type from the API to the RDB
 
-#: Every state a report task can be in; changed in one place (ingest.ledger.Ledger.apply).
+#: Every state a report task can be in; changed in one place (ingest.ledger.Ledger._apply).
 TaskStatus = Literal["pending", "running", "retrying", "done", "failed"]
-TERMINAL: frozenset[str] = frozenset({"done", "failed"})
 
 
 @dataclass(frozen=True, slots=True, order=True)

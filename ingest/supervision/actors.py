@@ -38,8 +38,8 @@ class FetcherActor:
     def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
                  project: str, supervisor: Any, log_context: dict[str, Any]) -> None:
         configure_logging()
-        structlog.contextvars.bind_contextvars(**log_context, media=media)
-        # async methods run on the actor's event-loop thread, which does not see what __init__ bound
+        # bound per call in fetch(): async methods run on the actor's event-loop thread, which
+        # would not see a binding made here
         self._log_context = {**log_context, "media": media}
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
@@ -88,8 +88,7 @@ class SupervisorActor:
 
     def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
                  project: str, deadline_epoch: float | None, log_context: dict[str, Any]) -> None:
-        configure_logging()
-        structlog.contextvars.bind_contextvars(**log_context, media=media)
+        configure_logging()  # context is bound in run(): see FetcherActor
         self.media = media
         self.settings = settings
         self._args = (media, settings, secrets, gcs, project)

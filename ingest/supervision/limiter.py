@@ -57,11 +57,6 @@ class RateLimiter:
             self._sends.popleft()
         return send_at - now
 
-    async def acquire(self) -> None:
-        wait = self.reserve()  # synchronous: reservations are handed out in arrival order
-        if wait > 0:
-            await asyncio.sleep(wait)
-
     def observe_usage(self, utilization: float) -> None:
         """Follow the platform's own usage report: slow down *before* it throttles.
 

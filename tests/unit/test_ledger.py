@@ -85,7 +85,8 @@ def _result(key: ReportKey, rows: int, spend: str = "1.5") -> ReportResult:
 
 def _record(ledger: Ledger, run_id: str, outcomes: dict[ReportKey, str]) -> None:
     ledger.plan(run_id, list(outcomes))
-    ledger.mark_running(list(outcomes))
+    for media in {k.media for k in outcomes}:
+        ledger.mark_running(run_id, media)
     for key, outcome in outcomes.items():
         if outcome == "done":
             ledger.apply(run_id, Event("done", key.media, key, 1, result=_result(key, 4)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import date
 from typing import Any
 
@@ -102,6 +103,19 @@ async def _never(_: int) -> Any:
 def link(sup: MediaSupervisor) -> QuotaLink:
     """What a FetcherActor builds, minus Ray: the supervisor's methods called directly."""
     return QuotaLink(sup.permit, sup.acquire_job, sup.release_job)
+
+
+def test_gate_holds_the_rate_in_real_time() -> None:
+    """The path every request takes (permit → send time → sleep) paces real time."""
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1), _never)
+
+    async def go() -> float:
+        gate = link(sup).gate
+        t0 = time.monotonic()
+        await asyncio.gather(*(gate() for _ in range(21)))
+        return time.monotonic() - t0
+
+    assert asyncio.run(go()) >= 0.95  # 21 permits at 20/s with burst 1 need ≥ 1 s
 
 
 def test_usage_headers_slow_the_whole_media() -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import date
-from typing import Callable
 
 import pytest
 
 from ingest.config import MediaSettings
-from ingest.errors import AuthError, IngestError, Throttled, Transient
+from ingest.errors import AuthError, Throttled, Transient
 from ingest.supervision.supervisor import MediaSupervisor, RestartIntensity, WorkerDied
 from ingest.tasks import Event, ReportKey, ReportResult, Totals
 
