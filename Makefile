@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## demo: set up, start the local stack, run the nightly pipeline for yesterday, print a summary
 demo: $(STAMP)
-	$(PY) -m ingest demo
+	$(PY) -m sandbox demo
 
 ## test: the whole suite (PostgreSQL tests skip with a message if it is not running; CI requires it)
 test: $(STAMP)
@@ -27,10 +27,10 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 
 sandbox-up: $(STAMP)
-	$(PY) -m ingest sandbox up
+	$(PY) -m sandbox up
 
 sandbox-down: $(STAMP)
-	$(PY) -m ingest sandbox down
+	$(PY) -m sandbox down
 
 clean: sandbox-down
 	rm -rf .sandbox

@@ -50,7 +50,7 @@ def worker_processes() -> list[int]:
     return [pid for pid, cmd in ray_processes().items() if is_worker(cmd)]
 
 
-GROUPS = (("supervisors", "ray::SupervisorActor"), ("fetchers", "ray::FetcherActor"), ("simulators", "ingest.sandbox.simulators"),
+GROUPS = (("supervisors", "ray::SupervisorActor"), ("fetchers", "ray::FetcherActor"), ("simulators", "sandbox.simulators"),
           ("fake-gcs-server", "fake-gcs-server"), ("bqemulator", "bq_emulator"), ("ray system", "raylet"),
           ("ray system", "gcs_server"), ("ray system", "ray::"))
 

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ingest.sandbox.stack import LocalStack, StackSpec, free_port
+from sandbox.stack import LocalStack, StackSpec, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MEDIA = ("meta", "google_ads", "yahoo_ads")

@@ -214,7 +214,7 @@ def run_naive(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def run_publish(spec: dict[str, Any], _workdir: Path) -> dict[str, Any]:
-    from aggregations.bench_publish import bench_publish
+    from bench.publish import bench_publish
 
     return bench_publish(spec["database_url"], rows=spec["rows"]).as_dict()
 

@@ -14,15 +14,14 @@ import os
 import re
 import sys
 from datetime import date, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from ingest.config import PipelineConfig, check_account, load_config
 from ingest.errors import ConfigError
-from ingest.job import EXIT_FAILED, EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
+from ingest.job import EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
 from ingest.ledger import LockedError
 from ingest.logging import configure_logging
-
-SANDBOX_TOKENS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
 
 
 class UsageError(ConfigError):
@@ -33,14 +32,14 @@ EPILOG = ("Exit codes: 0 success, 2 bad input (nothing started), 3 partial failu
           "5 refused because another live run holds the same media and date (nothing started).")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """Bad arguments: one line naming the problem, exit code 2 (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
 
 
-def _date(value: str) -> date:
+def parse_date(value: str) -> date:
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):  # one spelling only (fromisoformat also takes 20261120)
             raise ValueError(value)
@@ -50,21 +49,21 @@ def _date(value: str) -> date:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="ingest",
         description="Fetch ad-platform reports into GCS, load and aggregate them in BigQuery, publish to the RDB.",
         epilog=EPILOG,
     )
     p.add_argument("--config", default=None, help="config YAML (default: $INGEST_CONFIG or config/local.yaml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _Parser(add_help=False)  # so --config also works after the command
+    common = Parser(add_help=False)  # so --config also works after the command
     common.add_argument("--config", default=argparse.SUPPRESS, help="config YAML")
 
     run = sub.add_parser("run", parents=[common], epilog=EPILOG, help="the nightly job: every media and account for one date",
                          description="Fetch every configured media and account for one date (default: yesterday in the "
                                      "configured time zone), then load, aggregate and publish. Reports already done for "
                                      "that date are skipped, so running it again after a crash resumes.")
-    run.add_argument("--date", type=_date, help="report date YYYY-MM-DD (default: yesterday)")
+    run.add_argument("--date", type=parse_date, help="report date YYYY-MM-DD (default: yesterday)")
     run.add_argument("--force", action="store_true", help="re-fetch reports already done (idempotent: nothing duplicates)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
@@ -74,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "re-load and re-aggregate only the affected partitions — other media are untouched; "
                                        "or, with --failed, fetch only the reports that failed or never finished.")
     rerun.add_argument("--media", help="media name as in the config")
-    rerun.add_argument("--date", type=_date, help="report date YYYY-MM-DD")
+    rerun.add_argument("--date", type=parse_date, help="report date YYYY-MM-DD")
     rerun.add_argument("--account", help="only this account id")
     rerun.add_argument("--failed", action="store_true", help="only what failed or never finished (all dates, or --date)")
     rerun.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -84,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Fetch every date from --from to --to (inclusive) in one run, inside the same "
                                           "quota budget. Reports already done are skipped, so an interrupted backfill "
                                           "resumes when started again.")
-    backfill.add_argument("--from", dest="date_from", type=_date, required=True, help="first date YYYY-MM-DD")
-    backfill.add_argument("--to", dest="date_to", type=_date, required=True, help="last date YYYY-MM-DD")
+    backfill.add_argument("--from", dest="date_from", type=parse_date, required=True, help="first date YYYY-MM-DD")
+    backfill.add_argument("--to", dest="date_to", type=parse_date, required=True, help="last date YYYY-MM-DD")
     backfill.add_argument("--media", help="only this media")
     backfill.add_argument("--force", action="store_true", help="re-fetch reports already done")
     backfill.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -94,15 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="what ran and what failed: per media × date, or one run",
                             description="Counts by state, attempts, durations and the last errors per media × date. "
                                         "Exit code 3 if anything is failed, 0 otherwise.")
-    status.add_argument("--date", type=_date, help="report date (default: yesterday)")
+    status.add_argument("--date", type=parse_date, help="report date (default: yesterday)")
     status.add_argument("--run", dest="run_id", help="a run id instead of a date")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-
-    sb = sub.add_parser("sandbox", parents=[common], help="start/stop the local stack (fake-gcs-server, bqemulator, API simulators)")
-    sb.add_argument("action", choices=["up", "down", "status"])
-
-    demo = sub.add_parser("demo", parents=[common], help="start the local stack and run the whole pipeline for one date (make demo)")
-    demo.add_argument("--date", type=_date, help="report date (default: yesterday)")
 
     ui = sub.add_parser("ui", parents=[common], help="the read-only run-history web page (docs/operations.md)",
                         description="Serve the run history, each run's media × date grid, failures and a 30-night chart "
@@ -113,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _validate_date(cfg: PipelineConfig, day: date) -> date:
+def validate_date(cfg: PipelineConfig, day: date) -> date:
     if day > cfg.today():
         raise UsageError(f"--date {day} is in the future (today in {cfg.timezone} is {cfg.today()})")
     return day
@@ -169,24 +162,13 @@ def _safe_url(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-def _run(cfg: PipelineConfig, req: RunRequest, as_json: bool) -> int:
+def run_job(cfg: PipelineConfig, req: RunRequest, as_json: bool) -> int:
     from ingest.progress import for_terminal
 
     job = NightlyJob(cfg, progress=for_terminal(None if not as_json else False))
     report = job.execute(req)
     print_summary(cfg, report, as_json)
     return report.exit_code
-
-
-def sandbox_stack(cfg: PipelineConfig):  # type: ignore[no-untyped-def]
-    from ingest.sandbox.stack import LocalStack, StackSpec
-
-    sb = cfg.sandbox
-    if sb is None:
-        raise UsageError("this config has no `sandbox:` section; the local stack is for the local profile only")
-    return LocalStack(StackSpec(root=cfg.sandbox_root(), project=cfg.bigquery.project, gcs_port=sb.gcs_port,
-                                bq_port=sb.bq_port, bq_grpc_port=sb.bq_grpc_port, sim_ports=dict(sb.sim_ports),
-                                seed=sb.seed, fault_rate=sb.fault_rate, latency_ms=sb.latency_ms))
 
 
 def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
@@ -197,7 +179,7 @@ def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         from ingest.ledger import Ledger
 
         media = _media_arg(cfg, args.media)
-        day = _validate_date(cfg, args.date) if args.date else None
+        day = validate_date(cfg, args.date) if args.date else None
         ledger = Ledger(rdb_engine(cfg.database_url()))
         ledger.migrate()
         # exactly the reports recorded as not done (failed, or left behind by a dead run) and the
@@ -210,81 +192,70 @@ def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         involved = {k.media for k in keys} | {m for m, _ in parts}
         dates = sorted({k.day for k in keys} | {d for _, d in parts})
         req = RunRequest("rerun", dates, [m for m in media if m in involved], only=frozenset(keys), take_over=args.take_over)
-        return _run(cfg, req, args.json)
+        return run_job(cfg, req, args.json)
     if not args.media or not args.date:
         raise UsageError("rerun needs --media and --date (or --failed)")
     media = _media_arg(cfg, args.media)
-    day = _validate_date(cfg, args.date)
+    day = validate_date(cfg, args.date)
     accounts = None
     if args.account:
         check_account(args.account)
         if args.account not in cfg.media[media[0]].account_ids():
             raise UsageError(f"account {args.account!r} is not configured for media {media[0]!r}")
         accounts = [args.account]
-    return _run(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True, take_over=args.take_over), args.json)
+    return run_job(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True, take_over=args.take_over), args.json)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
+            dispatch: Callable[[PipelineConfig, argparse.Namespace], int]) -> int:
+    """Parse, load the config, dispatch; bad input is one ``error:`` line and exit 2, a lock refusal exit 5.
+
+    Shared with ``python -m sandbox`` (the local stack's commands, which are not part of the product).
+    """
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     configure_logging()
     try:
-        cfg = load_config(args.config)
-        if args.command == "sandbox":
-            stack = sandbox_stack(cfg)
-            if args.action == "up":
-                stack.up()
-                print(f"local stack up under {stack.spec.root}: " + ", ".join(stack.health()))
-            elif args.action == "down":
-                stack.down()
-                print("local stack stopped")
-            else:
-                health = stack.health()
-                for name, ok in health.items():
-                    print(f"{name:<22} {'up' if ok else 'DOWN'}")
-                return EXIT_SUCCESS if all(health.values()) else EXIT_FAILED
-            return EXIT_SUCCESS
-        if args.command == "demo":
-            for var in SANDBOX_TOKENS:  # the simulators accept any token; real ones come from the env
-                os.environ.setdefault(var, "sandbox-token")
-            stack = sandbox_stack(cfg)
-            stack.up()
-            day = _validate_date(cfg, args.date or cfg.yesterday())
-            code = _run(cfg, RunRequest("demo", [day], cfg.media_names(), force=True), False)
-            print(f"  local stack still running (stop: python -m ingest sandbox down); ledger and marts in {cfg.database_url()}")
-            return code
-        if args.command == "run":
-            day = _validate_date(cfg, args.date or cfg.yesterday())
-            return _run(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force, take_over=args.take_over), args.json)
-        if args.command == "rerun":
-            return _rerun(cfg, args)
-        if args.command == "backfill":
-            if args.date_from > args.date_to:
-                raise UsageError(f"--from {args.date_from} is after --to {args.date_to}")
-            _validate_date(cfg, args.date_to)
-            days = (args.date_to - args.date_from).days + 1
-            if days > cfg.max_backfill_days:
-                raise UsageError(f"{days} days is more than max_backfill_days={cfg.max_backfill_days}; split the range")
-            dates = [args.date_from + timedelta(days=i) for i in range(days)]
-            req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over)
-            return _run(cfg, req, args.json)
-        if args.command == "ui":
-            from ingest.ui import serve
-
-            return serve(cfg, host=args.host, port=args.port, environ=os.environ, config_arg=args.config)
-        if args.command == "status":
-            from ingest.status import print_status
-
-            return print_status(cfg, day=args.date if args.run_id else _validate_date(cfg, args.date or cfg.yesterday()),
-                                run_id=args.run_id, as_json=args.json)
+        return dispatch(load_config(args.config), args)
     except LockedError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_LOCKED
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv, _dispatch)
+
+
+def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    if args.command == "run":
+        day = validate_date(cfg, args.date or cfg.yesterday())
+        return run_job(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force, take_over=args.take_over), args.json)
+    if args.command == "rerun":
+        return _rerun(cfg, args)
+    if args.command == "backfill":
+        if args.date_from > args.date_to:
+            raise UsageError(f"--from {args.date_from} is after --to {args.date_to}")
+        validate_date(cfg, args.date_to)
+        days = (args.date_to - args.date_from).days + 1
+        if days > cfg.max_backfill_days:
+            raise UsageError(f"{days} days is more than max_backfill_days={cfg.max_backfill_days}; split the range")
+        dates = [args.date_from + timedelta(days=i) for i in range(days)]
+        req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over)
+        return run_job(cfg, req, args.json)
+    if args.command == "ui":
+        from ingest.ui import serve
+
+        return serve(cfg, host=args.host, port=args.port, environ=os.environ, config_arg=args.config)
+    if args.command == "status":
+        from ingest.status import print_status
+
+        return print_status(cfg, day=args.date if args.run_id else validate_date(cfg, args.date or cfg.yesterday()),
+                            run_id=args.run_id, as_json=args.json)
     return EXIT_USAGE
 
 

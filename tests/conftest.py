@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from ingest.config import PipelineConfig, load_config
-from ingest.sandbox.stack import LocalStack, StackSpec, free_port
+from sandbox.stack import LocalStack, StackSpec, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO / "config" / "local.yaml"

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.sandbox.stack import free_port
+from sandbox.stack import free_port
 
 
 class Receiver:

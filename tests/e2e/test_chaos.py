@@ -39,8 +39,8 @@ from google.cloud import bigquery, storage
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_PARTIAL, EXIT_SUCCESS, NightlyJob, RunReport, RunRequest
 from ingest.ledger import Ledger
-from ingest.sandbox.simcore import DEFAULT_FAULT_WEIGHTS
-from ingest.sandbox.truth import truth_rows
+from sandbox.simcore import DEFAULT_FAULT_WEIGHTS
+from sandbox.truth import truth_rows
 
 MEDIA = ("meta", "google_ads", "yahoo_ads")
 DAY = date(2026, 11, 18)

@@ -22,7 +22,7 @@ from google.cloud import bigquery, storage
 from aggregations.mart import mart_daily_campaign
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_SUCCESS, NightlyJob, RunRequest
-from ingest.sandbox.truth import truth_rows
+from sandbox.truth import truth_rows
 
 DAY = date(2026, 11, 20)
 

@@ -36,7 +36,7 @@ from ingest.cli import main
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_LOCKED, EXIT_PARTIAL, EXIT_SUCCESS
 from ingest.ledger import Ledger
-from ingest.sandbox.truth import DENIED_ACCOUNT
+from sandbox.truth import DENIED_ACCOUNT
 from tests.e2e.test_nightly import expected_totals, mart_totals
 
 pytestmark = pytest.mark.stack

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from ingest.cli import SANDBOX_TOKENS
 from ingest.config import PipelineConfig
-from ingest.sandbox.stack import free_port
-from ingest.sandbox.truth import DENIED_ACCOUNT
+from sandbox.cli import SANDBOX_TOKENS
+from sandbox.stack import free_port
+from sandbox.truth import DENIED_ACCOUNT
 from tests.e2e.test_nightly import expected_totals, mart_totals
 from tests.e2e.test_operator import kill_session, write_config
 

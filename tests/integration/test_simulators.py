@@ -22,8 +22,8 @@ import pytest
 from ingest.errors import AuthError, DataError, IngestError, RetriableError, Throttled, Transient
 from ingest.media.base import ConnectorSettings, HttpSession, Row, Secret, Usage
 from ingest.media.registry import connector_class
-from ingest.sandbox.simulators import SimulatorHandle, run_simulator
-from ingest.sandbox.truth import (
+from sandbox.simulators import SimulatorHandle, run_simulator
+from sandbox.truth import (
     DENIED_ACCOUNT,
     DRIFT_ACCOUNT,
     EMPTY_ACCOUNT,
@@ -227,7 +227,7 @@ def test_control_api_config_and_reset() -> None:
 
 def test_cli_runs_several_simulators_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest.sandbox.simulators", "--port", "meta=0", "--port", "google_ads=0",
+        [sys.executable, "-m", "sandbox.simulators", "--port", "meta=0", "--port", "google_ads=0",
          "--port", "yahoo_ads=0", "--seed", "7", "--fault-rate", "0.02", "--latency-ms", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

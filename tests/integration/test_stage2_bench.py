@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from aggregations.bench_publish import bench_publish
+from bench.publish import bench_publish
 
 
 def test_bench_publish_small(pg_url: str) -> None:

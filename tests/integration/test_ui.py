@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ingest.ui.app import COOKIE, create_app
 from ingest.ui.queries import LedgerReader, read_only_engine
-from ingest.ui.sample import Seeded, seed
+from sandbox.ui_sample import Seeded, seed
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "ui-test-token-0123456789abcdef"

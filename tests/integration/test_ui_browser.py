@@ -30,10 +30,10 @@ import pytest
 import sqlalchemy as sa
 from aiohttp import web
 
-from ingest.sandbox.stack import free_port
+from sandbox.stack import free_port
 from ingest.ui.app import create_app
 from ingest.ui.queries import LedgerReader, read_only_engine
-from ingest.ui.sample import Seeded, seed
+from sandbox.ui_sample import Seeded, seed
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "test-output" / "ui"

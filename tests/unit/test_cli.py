@@ -15,6 +15,7 @@ from ingest.config import load_config
 from ingest.job import EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE
 from ingest.ledger import Ledger, locks, now, runs
 from ingest.progress import NoProgress, RichProgress, for_terminal
+from sandbox.cli import main as sandbox_main
 
 LOCAL = Path(__file__).resolve().parents[2] / "config" / "local.yaml"
 CFG = load_config(LOCAL)
@@ -82,8 +83,10 @@ def test_config_after_the_command_and_console_script_entry(db: Path, capsys: pyt
 def test_help_explains_every_command_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == EXIT_SUCCESS
     top = capsys.readouterr().out
-    for command in ("run", "rerun", "backfill", "status", "sandbox", "demo"):
+    for command in ("run", "rerun", "backfill", "status", "ui"):
         assert f"    {command}" in top
+    for command in ("sandbox", "demo"):  # development tools: `python -m sandbox`, not the product's CLI
+        assert f"    {command}" not in top
     assert "5 refused" in " ".join(top.split())
     for command, words in {
         "run": ["--date", "--force", "--take-over", "--json", "resumes"],
@@ -95,6 +98,39 @@ def test_help_explains_every_command_and_the_exit_codes(capsys: pytest.CaptureFi
         text = " ".join(capsys.readouterr().out.split())
         for word in words:
             assert word in text, (command, word)
+
+
+def test_sandbox_help_lists_the_local_stack_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sandbox_main(["--help"]) == EXIT_SUCCESS
+    top = capsys.readouterr().out
+    assert top.startswith("usage: python -m sandbox")
+    for command in ("up", "down", "status", "demo"):
+        assert f"    {command}" in top
+    assert sandbox_main(["demo", "--help"]) == EXIT_SUCCESS
+    assert "--date" in capsys.readouterr().out
+
+
+SANDBOX_BAD_INPUT = [
+    (["demo", "--date", FUTURE], ["in the future"]),
+    (["demo", "--date", "20261101"], ["not a date"]),
+    (["--config", str(LOCAL.parent / "pipeline.yaml"), "up"], ["no `sandbox:` section"]),
+    (["--config", str(LOCAL.parent / "pipeline.yaml"), "demo", "--date", PAST], ["no `sandbox:` section"]),
+    (["frobnicate"], ["python -m sandbox", "invalid choice: 'frobnicate'"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "words"), SANDBOX_BAD_INPUT, ids=[" ".join(a[-2:]) for a, _ in SANDBOX_BAD_INPUT])
+def test_sandbox_bad_input_is_one_clear_error_exit_2_and_starts_nothing(
+        db: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: list[str]) -> None:
+    argv = argv if argv[0] == "--config" else ["--config", str(LOCAL), *argv]
+    assert sandbox_main(argv) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0]
+    assert out == ""
+    assert not db.exists()
 
 
 def _hold(db: Path, run_id: str, day: str, age_s: float = 0.0) -> None:

@@ -15,7 +15,7 @@ from ingest.config import NotifySettings, load_config
 from ingest.job import MediaSummary, NightlyJob, RunReport
 from ingest.logging import configure_logging
 from ingest.notify import Notifier, run_message
-from ingest.sandbox.stack import free_port
+from sandbox.stack import free_port
 from ingest.tasks import Event, ReportKey
 from tests.webhook import Receiver
 

@@ -100,7 +100,7 @@ def bench_publish(url: str, rows: int = 100_000) -> PublishBench:
         admin.dispose()
 
 
-if __name__ == "__main__":  # python -m aggregations.bench_publish [URL] [ROWS]
+if __name__ == "__main__":  # python -m bench.publish [URL] [ROWS]
     import json
     import sys
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from ingest.sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, truth_rows
+from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
+from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, truth_rows
 
 #: report field → English column header
 EN_NAMES = {

@@ -1,6 +1,6 @@
 """Run the ad-platform simulators: in-process for tests, or as one process for the local stack.
 
-    python -m ingest.sandbox.simulators --port meta=8701 --port google_ads=8702 \\
+    python -m sandbox.simulators --port meta=8701 --port google_ads=8702 \\
         --port yahoo_ads=8703 --seed 7 --fault-rate 0.02 --latency-ms 5
 
 prints one ``simulators ready ...`` line when every port listens, answers ``GET /_sim/stats``
@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Any
 
-from ingest.sandbox.simcore import (
+from sandbox.simcore import (
     DEFAULT_FAULT_WEIGHTS,
     FAULT_KINDS,
     SimConfig,
@@ -26,7 +26,7 @@ from ingest.sandbox.simcore import (
     run_simulator,
     start_site,
 )
-from ingest.sandbox.truth import RESERVED, truth_rows
+from sandbox.truth import RESERVED, truth_rows
 
 __all__ = ["run_simulator", "SimulatorHandle", "SimConfig", "truth_rows", "RESERVED", "main"]
 
@@ -51,7 +51,7 @@ def _parse_faults(value: str) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ingest.sandbox.simulators", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sandbox.simulators", description=__doc__.split("\n")[0])
     p.add_argument("--port", action="append", type=_parse_port, required=True, metavar="MEDIA=PORT",
                    help="start a simulator for MEDIA on PORT (repeatable; PORT 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1")

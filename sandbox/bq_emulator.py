@@ -2,7 +2,7 @@
 
 bqemulator needs DuckDB's ``spatial`` extension and these machines have no internet, so the
 extension is imported from the ``duckdb-extension-spatial`` wheel before the CLI starts.
-Usage: ``python -m ingest.sandbox.bq_emulator start --rest-port P --grpc-port G --project X``.
+Usage: ``python -m sandbox.bq_emulator start --rest-port P --grpc-port G --project X``.
 """
 
 from __future__ import annotations

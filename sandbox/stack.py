@@ -1,8 +1,8 @@
 """The local stack: fake-gcs-server, bqemulator and the API simulators, all on 127.0.0.1.
 
-Used by ``python -m ingest sandbox up|down|status``, by ``make demo`` and by the test suite
-(on free ports, in a temporary root). Processes are started detached with their pids and
-logs under the sandbox root, so a second ``up`` finds a healthy stack and reuses it.
+Used by ``python -m sandbox up|down|status``, by ``python -m sandbox demo`` (``make demo``) and
+by the test suite (on free ports, in a temporary root). Processes are started detached with
+their pids and logs under the sandbox root, so a second ``up`` finds a healthy stack and reuses it.
 Only endpoints differ from production: the pipeline talks to these with the real clients.
 """
 
@@ -20,6 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ingest.errors import ConfigError
+
+#: the checkout that holds the top-level ``sandbox`` package (it is not installed: ``pip install .``
+#: ships only ``ingest`` and ``aggregations``); children run with cwd = the sandbox root, so they
+#: find ``python -m sandbox.…`` through PYTHONPATH
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -124,7 +129,7 @@ class LocalStack:
         pids["bqemulator"] = self._spawn(
             "bqemulator",
             [
-                sys.executable, "-m", "ingest.sandbox.bq_emulator", "start",
+                sys.executable, "-m", "sandbox.bq_emulator", "start",
                 "--rest-port", str(s.bq_port),
                 "--grpc-port", str(s.bq_grpc_port),
                 "--project", s.project,
@@ -134,7 +139,7 @@ class LocalStack:
             env,
         )
         if s.sim_ports:
-            cmd = [sys.executable, "-m", "ingest.sandbox.simulators", "--seed", str(s.seed),
+            cmd = [sys.executable, "-m", "sandbox.simulators", "--seed", str(s.seed),
                    "--fault-rate", str(s.fault_rate), "--latency-ms", str(s.latency_ms)]
             for media, port in s.sim_ports.items():
                 cmd += ["--port", f"{media}={port}"]
@@ -158,6 +163,7 @@ class LocalStack:
     def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
         env = {**os.environ, **(extra_env or {})}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.spec.root)
         return proc.pid
 

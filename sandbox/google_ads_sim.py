@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from ingest.sandbox.truth import FAILING_ACCOUNT, truth_rows
+from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
+from sandbox.truth import FAILING_ACCOUNT, truth_rows
 
 #: GAQL field → (resource, JSON key)
 FIELDS = {

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from ingest.sandbox.truth import DENIED_ACCOUNT, DRIFT_ACCOUNT, RESERVED, truth_json
+from sandbox.truth import DENIED_ACCOUNT, DRIFT_ACCOUNT, RESERVED, truth_json
 
 #: every fault kind a simulator knows; weights of 0 disable a kind
 FAULT_KINDS = ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed", "auth", "drift")
@@ -369,15 +369,15 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def make_simulator(media: str, config: SimConfig | None = None) -> Simulator:
     if media == "meta":
-        from ingest.sandbox.meta_sim import MetaSimulator
+        from sandbox.meta_sim import MetaSimulator
 
         return MetaSimulator(config)
     if media == "google_ads":
-        from ingest.sandbox.google_ads_sim import GoogleAdsSimulator
+        from sandbox.google_ads_sim import GoogleAdsSimulator
 
         return GoogleAdsSimulator(config)
     if media == "yahoo_ads":
-        from ingest.sandbox.yahoo_ads_sim import YahooAdsSimulator
+        from sandbox.yahoo_ads_sim import YahooAdsSimulator
 
         return YahooAdsSimulator(config)
     raise ValueError(f"no simulator for media {media!r} (known: meta, google_ads, yahoo_ads)")

@@ -2,7 +2,7 @@
 ``nights`` dates × media × accounts, mostly done, some retried, a few failed (with realistic
 error kinds and messages), stage-2 results, and one ``rerun`` of the last night's failures.
 
-``python -m ingest.ui.sample sqlite:///tmp/ledger.db --nights 30 --accounts 1112`` writes
+``python -m sandbox.ui_sample sqlite:///tmp/ledger.db --nights 30 --accounts 1112`` writes
 ~100,000 report tasks. Never used by the pipeline itself.
 """
 
