@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench sandbox-up sandbox-down clean
+.PHONY: demo test install bench sandbox-up sandbox-down clean cluster-rehearsal
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,7 @@ sandbox-down: $(STAMP)
 
 clean: sandbox-down
 	rm -rf .sandbox
+
+## cluster-rehearsal: local autoscaling cluster, the README's submit line, a worker node killed (≈2–3 min)
+cluster-rehearsal: $(STAMP)
+	$(PY) -m sandbox.rehearsal

@@ -218,13 +218,35 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     configure_logging()
     try:
-        return dispatch(load_config(args.config), args)
+        cfg = load_config(args.config)
+        _refuse_silent_local_default(cfg, args)
+        return dispatch(cfg, args)
     except LockedError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_LOCKED
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+WRITING_COMMANDS = ("run", "rerun", "backfill")
+
+
+def _refuse_silent_local_default(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    """A command that fetches and publishes never falls back to config/local.yaml by accident.
+
+    Without ``--config`` or ``$INGEST_CONFIG`` the default is the local profile, which points at
+    127.0.0.1: it is taken only while this checkout's local stack is up (its state file exists).
+    Anywhere else — a cluster's head, a Ray job, an operator's laptop — the run is refused
+    before anything starts, naming the config to pass.
+    """
+    if getattr(args, "command", None) not in WRITING_COMMANDS or args.config or os.environ.get("INGEST_CONFIG"):
+        return
+    if cfg.sandbox is not None and (cfg.sandbox_root() / "stack.json").exists():
+        return
+    raise UsageError(f"`ingest {args.command}` needs the config of this deployment: pass --config "
+                     f"config/pipeline.yaml (or set INGEST_CONFIG); the default config/local.yaml is used only "
+                     f"while the local stack is up (python -m sandbox up)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,7 +113,12 @@ class MediaSettings(Strict):
     credentials: dict[Name, EnvName] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     accounts: list[AccountSettings] = Field(min_length=1)
-    fetchers: int = Field(1, ge=1, le=8, description="fetcher actor processes for this media")
+    fetchers: int | None = Field(None, ge=1, le=64, description="pin the number of fetcher processes; unset: sized "
+                                 "from the night's work and quota (ingest/supervision/placement.py)")
+    max_fetchers: int = Field(8, ge=1, le=64, description="upper bound on fetcher processes for this media")
+    reports_per_fetcher: int = Field(200, ge=1, description="one more fetcher per this many reports in the night")
+    fetcher_rps: float = Field(25.0, gt=0, description="requests/s one fetcher process sustains: no more fetchers "
+                               "than quota.requests_per_second can feed")
     concurrency: int = Field(8, ge=1, le=256, description="reports in flight per fetcher")
     timeout_s: float = Field(30.0, gt=0)
     retry: RetrySettings = RetrySettings()
@@ -176,6 +181,9 @@ class DatabaseSettings(Strict):
 class RaySettings(Strict):
     address: str | None = Field(None, description="None: start a local Ray; 'auto': join the cluster")
     num_cpus: int | None = None
+    fetcher_resource: Name | None = Field(
+        None, description="cluster profile: the custom resource only worker node types carry (ray-cluster.yaml); "
+                          "each fetcher takes one unit and supervisors stay on the head. Unset: one machine")
 
 
 class NotifySettings(Strict):

@@ -210,7 +210,9 @@ class NightlyJob:
         import ray
 
         from ingest.supervision.actors import start_supervisor
+        from ingest.supervision.placement import Placement
 
+        placement = Placement.from_settings(self.cfg.ray, run_id)
         summary = report.media[media]
         remaining = set(keys)
         next_attempt: dict[ReportKey, int] = {}
@@ -218,7 +220,7 @@ class NightlyJob:
         self.ledger.mark_running(run_id, media)
         for generation in range(SUPERVISOR_RESTARTS + 1):
             supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project, deadline,
-                                          {"run_id": run_id})
+                                          {"run_id": run_id}, placement, generation)
             try:
                 stream = supervisor.run.remote(sorted(remaining), next_attempt)
                 async for ref in stream:

@@ -1,8 +1,8 @@
 """The Ray shells around the supervision logic. Thin on purpose: logic lives in plain classes.
 
-Every actor declares its resources: fetchers are I/O-bound async processes (a fraction of a
-CPU each, many reports in flight), the supervisor is nearly idle bookkeeping. Per media that
-is 1 supervisor + ``fetchers`` processes, so a night costs about 2 × media worker processes.
+Every actor declares its resources and gets a name in the run's namespace
+(``supervisor:<media>``, ``fetcher:<media>:<n>``), so the Ray dashboard shows who is who;
+where they run and how many fetchers a media gets is decided in ``placement.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,9 @@ from ingest.media.base import Secret
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, build_connector
+from ingest.supervision.placement import Placement
 from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
 from ingest.tasks import Event, ReportKey, ReportResult
-
-FETCHER_CPUS = 0.25
-SUPERVISOR_CPUS = 0.05
-FETCHER_MEMORY = 300 * 1024 * 1024
-SUPERVISOR_MEMORY = 200 * 1024 * 1024
 
 
 @ray.remote
@@ -52,8 +48,8 @@ class FetcherActor:
         store = ReportStore(gcs_client(gcs, project), gcs.bucket)
         self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, client)
 
-    async def ready(self) -> int:
-        return os.getpid()
+    async def ready(self) -> tuple[int, str]:
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     async def fetch(self, key: ReportKey, attempt: int | None = None) -> ReportResult:
         with structlog.contextvars.bound_contextvars(**self._log_context, account=key.account, date=key.day.isoformat(),
@@ -64,9 +60,10 @@ class FetcherActor:
 class RayFetcher(FetcherHandle):
     """Adapts a FetcherActor to the supervisor's FetcherHandle; a dead process → WorkerDied."""
 
-    def __init__(self, actor: Any, pid: int) -> None:
+    def __init__(self, actor: Any, pid: int, node_id: str = "") -> None:
         self.actor = actor
         self.pid = pid
+        self.node_id = node_id
 
     async def fetch(self, key: ReportKey) -> ReportResult:
         try:
@@ -78,7 +75,7 @@ class RayFetcher(FetcherHandle):
                 raise cause from None
             raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
         except ray.exceptions.RayActorError as exc:
-            raise WorkerDied(f"pid {self.pid}: {type(exc).__name__}") from None
+            raise WorkerDied(f"pid {self.pid} on node {self.node_id[:8]}: {type(exc).__name__}") from None
 
 
 @ray.remote
@@ -87,26 +84,29 @@ class SupervisorActor:
     (request rate and async-job slots) to every fetcher of the media, wherever it runs."""
 
     def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
-                 project: str, deadline_epoch: float | None, log_context: dict[str, Any]) -> None:
+                 project: str, deadline_epoch: float | None, log_context: dict[str, Any], placement: Placement) -> None:
         configure_logging()  # context is bound in run(): see FetcherActor
         self.media = media
         self.settings = settings
+        self.placement = placement
         self._args = (media, settings, secrets, gcs, project)
         self._log_context = log_context
         self.fetchers: dict[int, RayFetcher] = {}
+        self._incarnations: dict[int, int] = {}
         deadline = None if deadline_epoch is None else time.monotonic() + (deadline_epoch - time.time())
         self.core = MediaSupervisor(media, settings, self._spawn, deadline=deadline)
 
     async def _spawn(self, index: int) -> FetcherHandle:
         me = ray.get_runtime_context().current_actor
+        incarnation = self._incarnations.get(index, -1) + 1
+        self._incarnations[index] = incarnation
         actor = FetcherActor.options(
-            num_cpus=FETCHER_CPUS,
-            memory=FETCHER_MEMORY,
+            **self.placement.fetcher(self.media, index, incarnation),
             max_concurrency=self.settings.concurrency + 2,
             max_restarts=0,  # restarts are ours: with backoff and an intensity limit
         ).remote(*self._args, me, self._log_context)
-        pid = await actor.ready.remote()
-        handle = RayFetcher(actor, pid)
+        pid, node_id = await actor.ready.remote()
+        handle = RayFetcher(actor, pid, node_id)
         self.fetchers[index] = handle
         return handle
 
@@ -132,15 +132,20 @@ class SupervisorActor:
     async def fetcher_pids(self) -> list[int]:
         return [h.pid for h in self.fetchers.values()]
 
+    async def fetcher_nodes(self) -> dict[int, str]:
+        """Fetcher index → Ray node id it runs on (the rehearsal kills a node by this)."""
+        return {i: h.node_id for i, h in self.fetchers.items()}
+
     async def pid(self) -> int:
         return os.getpid()
 
 
 def start_supervisor(media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings, project: str,
-                     deadline_epoch: float | None, log_context: dict[str, Any]) -> Any:
+                     deadline_epoch: float | None, log_context: dict[str, Any], placement: Placement,
+                     generation: int = 0) -> Any:
     return SupervisorActor.options(
-        num_cpus=SUPERVISOR_CPUS, memory=SUPERVISOR_MEMORY, max_concurrency=1000, max_restarts=0,
-    ).remote(media, settings, secrets, gcs, project, deadline_epoch, log_context)
+        **placement.supervisor(media, generation), max_concurrency=1000, max_restarts=0,
+    ).remote(media, settings, secrets, gcs, project, deadline_epoch, log_context, placement)
 
 
 __all__ = ["FetcherActor", "SupervisorActor", "RayFetcher", "start_supervisor", "Event"]

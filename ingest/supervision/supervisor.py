@@ -23,6 +23,7 @@ from ingest.config import MediaSettings, RestartSettings
 from ingest.errors import IngestError, RetriableError, Throttled
 from ingest.supervision.breaker import CircuitBreaker
 from ingest.supervision.limiter import JobSlots, RateLimiter
+from ingest.supervision.placement import fetchers_for
 from ingest.supervision.policy import RetryPolicy
 from ingest.tasks import Event, ReportKey, ReportResult
 
@@ -129,8 +130,10 @@ class MediaSupervisor:
             return
         for key in keys:
             self._put(key, first_attempt.get(key, 1), 0.0)
-        n = self.settings.fetchers
-        self.fetchers = [await self.spawn(i) for i in range(n)]
+        n = fetchers_for(len(keys), self.settings)
+        log.info("fetchers_planned", media=self.media, fetchers=n, reports=len(keys))
+        # started together: on a cluster each may wait for the autoscaler to add its node
+        self.fetchers = list(await asyncio.gather(*(self.spawn(i) for i in range(n))))
         self._restart_locks = {i: asyncio.Lock() for i in range(n)}
         slots = [asyncio.create_task(self._slot(i % n)) for i in range(n * self.settings.concurrency)]
         try:
@@ -189,6 +192,7 @@ class MediaSupervisor:
         except WorkerDied as exc:
             self.breaker.cancel_probe()  # a crash says nothing about the API
             self._put(key, attempt, 0.0)  # not an API attempt: fetched once more
+            log.warning("report_requeued", media=self.media, report=str(key), reason=f"worker lost: {exc}")
             await self._replace(index, handle, key, str(exc))
             return
         except IngestError as err:

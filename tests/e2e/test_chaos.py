@@ -279,7 +279,7 @@ def test_chaos_every_report_exactly_once(stack: Any, sims: Callable[..., None], 
     assert len(chaos.kills) >= 4
     restarts = [e for e in events if e["kind"] == "restart"]
     killed = {pid for pid, _ in chaos.kills}
-    restart_pids = {int(m.group(1)) for e in restarts if (m := re.search(r"died \(pid (\d+):", e["message"] or ""))}
+    restart_pids = {int(m.group(1)) for e in restarts if (m := re.search(r"died \(pid (\d+)\b", e["message"] or ""))}
     noticed = killed & restart_pids
     # a kill is noticed unless it hit a fetcher whose media had no report left in flight
     assert len(noticed) >= len(killed) - len(MEDIA) and len(noticed) >= 3

@@ -7,10 +7,8 @@ truth), and running the same date again must leave exactly the same rows everywh
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -19,46 +17,11 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, storage
 
-from aggregations.mart import mart_daily_campaign
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_SUCCESS, NightlyJob, RunRequest
-from sandbox.truth import truth_rows
+from sandbox.checks import expected_totals, mart_totals
 
 DAY = date(2026, 11, 20)
-
-
-def expected_totals(cfg: PipelineConfig, day: date) -> dict[str, dict[str, Any]]:
-    seed = cfg.sandbox.seed if cfg.sandbox else 7
-    out: dict[str, dict[str, Any]] = {}
-    for media, settings in cfg.media.items():
-        t = {"rows": 0, "impressions": 0, "clicks": 0, "spend": Decimal(0), "conversions": Decimal(0)}
-        for account in settings.account_ids():
-            for row in truth_rows(media, account, day, seed):
-                t["rows"] += 1
-                for k in ("impressions", "clicks", "spend", "conversions"):
-                    t[k] += row[k]
-        out[media] = t
-    return out
-
-
-def mart_totals(url: str, day: date) -> dict[str, dict[str, Any]]:
-    """Sum in Python over exact Decimals (SQLite's SUM would go through floats)."""
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-    t = mart_daily_campaign
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(t.c.media, t.c.impressions, t.c.clicks, t.c.spend, t.c.conversions)
-                            .where(t.c.date == day)).all()
-    engine.dispose()
-    out: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"rows": 0, "impressions": 0, "clicks": 0, "spend": Decimal(0), "conversions": Decimal(0)})
-    for media, imp, clk, spend, conv in rows:
-        o = out[media]
-        o["rows"] += 1
-        o["impressions"] += imp
-        o["clicks"] += clk
-        o["spend"] += spend
-        o["conversions"] += conv
-    return dict(out)
 
 
 def snapshot(cfg: PipelineConfig, url: str) -> dict[str, Any]:

@@ -199,3 +199,25 @@ def test_no_tty_means_no_bars_only_logs(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
     assert isinstance(for_terminal(), NoProgress)
     assert isinstance(for_terminal(False), NoProgress)
+
+
+@pytest.mark.parametrize("argv", [["run"], ["rerun", "--failed"], ["backfill", "--from", PAST, "--to", PAST]])
+def test_writing_commands_refuse_the_local_default_when_its_stack_is_not_up(
+        db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """No --config, no INGEST_CONFIG, and this is not a machine running the local stack: exit 2 before anything."""
+    import ingest.config
+
+    local = tmp_path / "config" / "local.yaml"
+    local.parent.mkdir()
+    local.write_text(LOCAL.read_text())
+    monkeypatch.setattr(ingest.config, "DEFAULT_CONFIG", local)
+    monkeypatch.delenv("INGEST_CONFIG", raising=False)
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--config config/pipeline.yaml" in err[0] and "INGEST_CONFIG" in err[0], err
+    assert not db.exists()
+    # the local stack of that checkout is up (its state file exists): the default is the local profile
+    (tmp_path / ".sandbox").mkdir()
+    (tmp_path / ".sandbox" / "stack.json").write_text("{}")
+    assert main(["rerun", "--failed"]) == EXIT_SUCCESS
+    assert "nothing failed" in capsys.readouterr().out
