@@ -185,6 +185,18 @@ class FakeCluster:
         """What `ray job submit` and `ray.init` need to reach this head (token auth on)."""
         return {**self.env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": self.gcs_address}
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """The cluster's jobs (id, status, message), asked from a fresh process: Ray reads
+        RAY_AUTH_MODE once per process, and the caller's may have started without it."""
+        probe = ("import json, sys; from ray.job_submission import JobSubmissionClient as C; "
+                 "print(json.dumps([{'id': j.submission_id, 'status': j.status.value, 'message': j.message} "
+                 "for j in C(sys.argv[1]).list_jobs()]))")
+        done = subprocess.run([sys.executable, "-c", probe, self.dashboard_url], capture_output=True, text=True,
+                              env=self.client_env(), timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"listing jobs failed: {done.stderr[-2000:]}")
+        return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
     # -- nodes --------------------------------------------------------------------------------
     def worker_nodes(self) -> dict[str, int]:
         """Alive fake worker nodes: node id → raylet pid (from the processes, not from Ray)."""

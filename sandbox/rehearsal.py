@@ -114,9 +114,36 @@ class Timeline:
 
     def add(self, what: str, at: float | None = None) -> None:
         """``at``: epoch seconds when it happened (default: now)."""
-        entry = ((at if at is not None else time.time()) - self.t0, what)
-        self.entries.append(entry)
-        print(f"  {entry[0]:6.1f}s  {what}", flush=True)
+        self.entries.append(((at if at is not None else time.time()) - self.t0, what))
+
+    def print(self) -> None:
+        for offset, what in sorted(self.entries, key=lambda e: e[0]):
+            print(f"  {offset:6.1f}s  {what}")
+
+
+@dataclass
+class NodeWatch:
+    """Worker nodes seen coming and going; the one we kill is counted as removed by us."""
+
+    timeline: Timeline
+    alive: set[str] = field(default_factory=set)
+    added: int = 0
+    removed: int = 0
+    first_added_at: float | None = None
+
+    def update(self, nodes: set[str]) -> None:
+        for node in sorted(nodes - self.alive):
+            self.added += 1
+            self.first_added_at = self.first_added_at or time.time()
+            self.timeline.add(f"worker node added: …{node[-5:]}")
+        for node in sorted(self.alive - nodes):
+            self.removed += 1
+            self.timeline.add(f"worker node removed: …{node[-5:]}")
+        self.alive = set(nodes)
+
+    def killed(self, node: str) -> None:
+        self.alive.discard(node)
+        self.removed += 1
 
 
 @dataclass
@@ -175,7 +202,8 @@ def _ledger_progress(database_url: str) -> tuple[int, int]:
 
 
 def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: float = 0.05,
-             scale_down_timeout_s: float = 150, job_timeout_s: float = 600, keep: bool = False) -> Result:
+             scale_down_timeout_s: float = 150, job_timeout_s: float = 600,
+             keep: bool = False) -> tuple[Result, Timeline]:
     result = Result()
     timeline = Timeline()
     root = Path(tempfile.mkdtemp(prefix="rehearsal-"))
@@ -198,11 +226,11 @@ def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: floa
 
         cfg = parse_config(raw, source="rehearsal pipeline.yaml")
         day = cfg.yesterday()
-        submitted = time.monotonic()
+        submitted_at = time.time()
         job = submit_readme_line(workdir, cluster.dashboard_url, cluster.client_env(), root / "job.log")
         timeline.add(f"submitted the README's line for {day} ({sum(len(m.accounts) for m in cfg.media.values())} reports)")
-        seen: set[str] = set()
-        killed: set[str] = set()
+        watch = NodeWatch(timeline)
+        killed = 0
         deadline = time.monotonic() + job_timeout_s
         while job.poll() is None:
             if time.monotonic() > deadline:
@@ -210,52 +238,38 @@ def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: floa
                 result.problems.append(f"the job did not finish within {job_timeout_s:.0f}s")
                 break
             nodes = set(cluster.worker_nodes())
-            for node in sorted(nodes - seen):
-                result.added += 1
-                if result.first_worker_s is None:
-                    result.first_worker_s = time.monotonic() - submitted
-                timeline.add(f"worker node added: …{node[-5:]}")
-            for node in sorted(seen - nodes - killed):
-                result.removed += 1
-                timeline.add(f"worker node removed: …{node[-5:]}")
-            seen |= nodes
+            watch.update(nodes)
             if not killed:
                 done, known = _ledger_progress(database_url)
                 busy = _fetchers_on_workers(cluster.dashboard_url, nodes)
                 if busy and 0 < done < known:  # fetching: some reports landed, others in flight
                     victim = max(busy, key=lambda n: len(busy[n]))
                     procs = cluster.kill_node(victim)
-                    killed.add(victim)
-                    result.killed += 1
+                    watch.killed(victim)
+                    killed += 1
                     timeline.add(f"killed worker node …{victim[-5:]} ({procs} processes; fetchers "
                                  f"{', '.join(sorted(busy[victim]))}; {done}/{known} reports done)")
             time.sleep(0.5)
+        result.killed = killed
         timeline.add(f"job ended (submit exit code {job.returncode})")
         result.job_status = _job_status(cluster)
         result.requeued = _count_requeued(cluster.temp_dir)
         if killed:
-            timeline.add(f"reports re-queued after the node loss: {result.requeued}")
+            timeline.add(f"reports re-queued after the node loss (supervisor logs): {result.requeued}")
         result.lost, restarts = _lost_reports(database_url, day)
         for at, what in restarts:
             timeline.add(what, at=at)
         result.totals_equal = mart_totals(database_url, day) == expected_totals(cfg, day)
-        # scale-down: every worker gone (the killed one counts once it is removed from the cluster)
+        # scale-down: the autoscaler removes every idle worker after idle_timeout_minutes
         ended = time.monotonic()
-        stop_at = ended + scale_down_timeout_s
-        while time.monotonic() < stop_at:
-            nodes = set(cluster.worker_nodes())
-            for node in sorted(nodes - seen):
-                result.added += 1
-                timeline.add(f"worker node added: …{node[-5:]}")
-            for node in sorted(seen - nodes - killed):
-                result.removed += 1
-                timeline.add(f"worker node removed: …{node[-5:]}")
-            seen |= nodes
-            if not nodes:
-                break
+        while time.monotonic() < ended + scale_down_timeout_s and watch.alive | set(cluster.worker_nodes()):
+            watch.update(set(cluster.worker_nodes()))
             time.sleep(1)
-        result.removed += len(killed)  # a killed node is gone; the autoscaler forgets it after its heartbeat timeout
-        if set(cluster.worker_nodes()):
+        watch.update(set(cluster.worker_nodes()))
+        result.added, result.removed = watch.added, watch.removed
+        if watch.first_added_at is not None:
+            result.first_worker_s = watch.first_added_at - submitted_at
+        if watch.alive:
             result.problems.append(f"workers still up {scale_down_timeout_s:.0f}s after the job ended")
         else:
             result.scale_down_s = time.monotonic() - ended
@@ -269,14 +283,12 @@ def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: floa
         stack.down()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    return result
+    return result, timeline
 
 
 def _job_status(cluster: FakeCluster) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    jobs = JobSubmissionClient(cluster.dashboard_url).list_jobs()
-    return str(jobs[-1].status.value) if jobs else "NONE"
+    jobs = cluster.jobs()
+    return str(jobs[-1]["status"]) if jobs else "NONE"
 
 
 def _count_requeued(temp_dir: str) -> int:
@@ -305,7 +317,7 @@ def _lost_reports(database_url: str, day: date) -> tuple[int, list[tuple[float, 
     if not statuses:
         return -1, []
     lost = sum(int(n) for status, n in statuses if status != "done")
-    return lost, [(_epoch(at), f"(ledger) {m}: {msg}") for m, msg, at in restarts]
+    return lost, [(_epoch(at), f"(ledger) {m}: {msg.splitlines()[0]}") for m, msg, at in restarts]
 
 
 def _epoch(at: Any) -> float:
@@ -322,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, ledger, marts)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the cluster and stack are stopped on the way out
-    print("cluster rehearsal: local autoscaling cluster, the README's submit line, one worker node killed", flush=True)
-    result = rehearse(extra_accounts=args.extra_accounts, keep=args.keep)
+    print("cluster rehearsal: local autoscaling cluster, the README's submit line, one worker node killed "
+          "(≈3 min; the timeline follows at the end)", flush=True)
+    result, timeline = rehearse(extra_accounts=args.extra_accounts, keep=args.keep)
+    timeline.print()
     for problem in result.problems:
         print(f"  PROBLEM: {problem}")
     if result.first_worker_s is not None:

@@ -75,7 +75,7 @@ class RayFetcher(FetcherHandle):
                 raise cause from None
             raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
         except ray.exceptions.RayActorError as exc:
-            raise WorkerDied(f"pid {self.pid} on node {self.node_id[:8]}: {type(exc).__name__}") from None
+            raise WorkerDied(f"pid {self.pid} on node …{self.node_id[-8:]}: {type(exc).__name__}") from None
 
 
 @ray.remote
