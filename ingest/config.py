@@ -109,8 +109,11 @@ class MediaSettings(Strict):
 
     connector: Name
     base_url: str
-    api_version: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    api_version: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$",
+                                    description="unset: the connector's default (its current version)")
     credentials: dict[Name, EnvName] = Field(default_factory=dict)
+    token_url: str | None = Field(None, description="OAuth token endpoint for refresh-token credentials; "
+                                                    "unset: the platform's real one")
     options: dict[str, Any] = Field(default_factory=dict)
     accounts: list[AccountSettings] = Field(min_length=1)
     fetchers: int | None = Field(None, ge=1, le=64, description="pin the number of fetcher processes; unset: sized "
@@ -300,9 +303,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return parse_config(raw, source=str(path))
 
 
-def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+def parse_config(raw: dict[str, Any], source: str = "<config>", today: date | None = None) -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -313,6 +316,69 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
                 msg = "unknown field"
             lines.append(f"{source}: {_field_path(err['loc'])}: {msg}")
         raise ConfigError("\n".join(lines)) from None
+    return check_connectors(cfg, source, today or cfg.today())
+
+
+#: credentials that replace a static ``access_token`` where the connector can refresh one
+REFRESH_CREDENTIALS = ("refresh_token", "client_id", "client_secret")
+
+
+def check_connectors(cfg: PipelineConfig, source: str, today: date) -> PipelineConfig:
+    """What only the connectors know, checked at load: API version against its sunset,
+    credential names, options. Returns the config with each media's version resolved."""
+    import structlog
+
+    from ingest.media.base import ConnectorSettings
+    from ingest.media.registry import connector_class
+    from ingest.media.versions import check_version
+
+    errors: list[str] = []
+    media: dict[str, MediaSettings] = {}
+    for name, settings in cfg.media.items():
+        cls = connector_class(settings.connector)
+        where = f"{source}: media.{name}"
+        check = check_version(cls.versions, settings.api_version or cls.default_version, today, cls.platform)
+        if check.error:
+            errors.append(f"{where}.api_version: {check.error}")
+        elif check.warning:
+            structlog.get_logger("ingest.config").warning("api_version_sunset_soon", media=name, detail=check.warning)
+        errors += [f"{where}.credentials: {e}" for e in _credential_problems(cls, settings)]
+        unknown = sorted(set(settings.options) - cls.option_names)
+        if unknown:
+            errors.append(f"{where}.options.{unknown[0]}: unknown option (known: {', '.join(sorted(cls.option_names))})")
+        else:
+            try:  # the connector's own checks of option values, run here instead of inside an actor
+                cls(ConnectorSettings(name, settings.base_url, check.version, {}, dict(settings.options)))
+            except ConfigError as exc:
+                errors.append(f"{where}.options: {exc.message}")
+        media[name] = settings.model_copy(update={"api_version": check.version})
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cfg.model_copy(update={"media": media})
+
+
+def _credential_problems(cls: Any, settings: MediaSettings) -> list[str]:
+    given = set(settings.credentials)
+    needed = set(cls.credential_names)
+    refreshable = cls.token_url is not None
+    problems = []
+    if refreshable and given & set(REFRESH_CREDENTIALS):
+        missing_refresh = [c for c in REFRESH_CREDENTIALS if c not in given]
+        if missing_refresh:
+            problems.append(f"refresh-token credentials need {', '.join(REFRESH_CREDENTIALS)}; "
+                            f"missing {', '.join(missing_refresh)}")
+        if "access_token" in given:
+            problems.append("give either access_token or refresh_token/client_id/client_secret, not both")
+        needed.discard("access_token")
+    missing = sorted(needed - given)
+    if missing:
+        alt = " (or refresh_token, client_id, client_secret)" if refreshable and "access_token" in missing else ""
+        problems.append(f"missing {', '.join(missing)}{alt}")
+    allowed = set(cls.credential_names) | (set(REFRESH_CREDENTIALS) if refreshable else set())
+    unknown = sorted(given - allowed)
+    if unknown:
+        problems.append(f"unknown credential {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    return problems
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ingest.errors import DataError, IngestError, Timeout, Transient, redact, register_secret
+from ingest.media.versions import ApiVersion
 
 CSV_COLUMNS = (
     "date",
@@ -278,8 +279,20 @@ class Connector(ABC):
 
     #: registry key used by ``connector:`` in the config
     name: ClassVar[str]
+    #: the platform's name in messages ("Meta Marketing API")
+    platform: ClassVar[str] = ""
     #: the credentials (logical names) this connector needs
     credential_names: ClassVar[tuple[str, ...]] = ()
+    #: API versions with release/sunset dates and sources (see ingest/media/versions.py)
+    versions: ClassVar[tuple[ApiVersion, ...]] = ()
+    #: the version used when the config does not pin one
+    default_version: ClassVar[str] = ""
+    #: keys allowed in the media's ``options`` (values are checked by ``__init__``)
+    option_names: ClassVar[frozenset[str]] = frozenset()
+    #: OAuth endpoint where refresh-token credentials buy access tokens; None = static tokens only
+    token_url: ClassVar[str | None] = None
+    #: how the token endpoint takes its parameters: "form" (POST body) or "query" (GET)
+    token_style: ClassVar[str] = "form"
 
     def __init__(self, settings: ConnectorSettings) -> None:
         self.settings = settings

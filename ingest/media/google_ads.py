@@ -25,6 +25,7 @@ import httpx
 from ingest.config import ACCOUNT_RE
 from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, Throttled, Transient
 from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int
+from ingest.media.versions import ApiVersion
 
 QUERY = (
     "SELECT customer.id, customer.currency_code, campaign.id, campaign.name, "
@@ -43,6 +44,21 @@ RETRYABLE_STATUSES = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", 
 AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
+
+_GOOGLE_SOURCE = "Google Ads API sunset dates and release notes (developers.google.com/google-ads/api/docs/sunset-dates)"
+#: A major version always serves its latest minor. v23/v24 still work until about February 2027
+#: but are not supported here: the parser and fixtures follow v25/v26.
+VERSIONS = (
+    ApiVersion("v19", None, date(2026, 2, 11), _GOOGLE_SOURCE, supported=False),
+    ApiVersion("v20", None, date(2026, 6, 10), _GOOGLE_SOURCE, supported=False),
+    ApiVersion("v21", None, date(2026, 8, 5), _GOOGLE_SOURCE, supported=False),
+    ApiVersion("v22", None, date(2026, 10, 7), _GOOGLE_SOURCE, supported=False),
+    ApiVersion("v23", None, None, _GOOGLE_SOURCE + "; sunset announced for about February 2027", supported=False),
+    ApiVersion("v24", None, None, _GOOGLE_SOURCE, supported=False),
+    ApiVersion("v25", None, None, _GOOGLE_SOURCE),
+    ApiVersion("v26", date(2026, 10, 14), None, _GOOGLE_SOURCE),
+)
+DEFAULT_VERSION = "v26"
 
 def check_id(value: Any, what: str) -> str:
     """An id from a response must look like one: it reaches GCS paths and SQL."""
@@ -105,6 +121,12 @@ def classify_error(status: int, err: dict[str, Any], headers: httpx.Headers, raw
 class GoogleAdsConnector(Connector):
     name: ClassVar[str] = "google_ads"
     credential_names: ClassVar[tuple[str, ...]] = ("access_token", "developer_token")
+    platform = "Google Ads API"
+    versions = VERSIONS
+    default_version = DEFAULT_VERSION
+    option_names = frozenset({"login_customer_id"})
+    token_url = "https://oauth2.googleapis.com/token"
+    token_style = "form"
 
     def __init__(self, settings: ConnectorSettings) -> None:
         super().__init__(settings)

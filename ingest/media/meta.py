@@ -39,6 +39,7 @@ from ingest.errors import (
     Transient,
 )
 from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, Usage, parse_decimal, parse_int
+from ingest.media.versions import ApiVersion
 
 #: app (4), user (17), page (32), ad account (613) and business-use-case (80000–80014) limits
 THROTTLE_CODES = frozenset({4, 17, 32, 613} | set(range(80000, 80015)))
@@ -56,6 +57,19 @@ RUNNING = frozenset({"Job Not Started", "Job Started", "Job Running"})
 FAILED = frozenset({"Job Failed", "Job Skipped"})
 MAX_PAGES = 10_000
 
+
+_META_SOURCE = "Meta Marketing API changelog, versions (developers.facebook.com/docs/marketing-api/marketing-api-changelog)"
+#: Marketing API versions; its sunset dates come earlier than the Graph API's for the same number
+VERSIONS = (
+    ApiVersion("v21.0", None, date(2025, 9, 9), _META_SOURCE, supported=False),
+    ApiVersion("v22.0", None, date(2026, 2, 19), _META_SOURCE, supported=False),
+    ApiVersion("v23.0", None, date(2026, 6, 9), _META_SOURCE, supported=False),
+    ApiVersion("v24.0", None, date(2026, 11, 10), _META_SOURCE, supported=False),
+    ApiVersion("v25.0", None, date(2027, 2, 23), _META_SOURCE),
+    ApiVersion("v26.0", date(2026, 7, 29), None, _META_SOURCE),
+    ApiVersion("v27.0", date(2026, 11, 4), None, _META_SOURCE),
+)
+DEFAULT_VERSION = "v27.0"
 
 def check_id(value: Any, what: str) -> str:
     """An id from a response must look like one: it reaches GCS paths and SQL."""
@@ -170,6 +184,10 @@ def _body(response: httpx.Response) -> dict[str, Any]:
 class MetaConnector(Connector):
     name: ClassVar[str] = "meta"
     credential_names: ClassVar[tuple[str, ...]] = ("access_token",)
+    platform = "Meta Marketing API"
+    versions = VERSIONS
+    default_version = DEFAULT_VERSION
+    option_names = frozenset({"mode", "page_limit", "conversion_action_type", "max_polls"})
 
     def __init__(self, settings: ConnectorSettings) -> None:
         super().__init__(settings)

@@ -30,6 +30,7 @@ import httpx
 from ingest.config import ACCOUNT_RE
 from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, Throttled, Transient
 from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int
+from ingest.media.versions import ApiVersion
 
 FIELDS = ("DAY", "CAMPAIGN_ID", "CAMPAIGN_NAME", "IMPS", "CLICKS", "COST", "CONVERSIONS")
 #: report field → column header when reportLanguage is EN
@@ -49,6 +50,17 @@ TRANSIENT_CODES = frozenset({"0002", "0099"})  # internal error (500), out of se
 AUTH_CODES = frozenset({"0110", "0111", "0112", "0113", "0114", "0098"})  # token/account/permission
 RUNNING = frozenset({"WAIT", "IN_PROGRESS"})
 
+
+_YAHOO_SOURCE = "yahoojp-marketing/ads-search-api-documents (README: supported API versions, end-of-support schedule)"
+#: About four versions live at once, each retired in two stages (end of support, then system
+#: end); the report fields and header names here follow v20's official field list only.
+VERSIONS = (
+    ApiVersion("v17", None, None, _YAHOO_SOURCE, supported=False),
+    ApiVersion("v18", None, None, _YAHOO_SOURCE, supported=False),
+    ApiVersion("v19", None, None, _YAHOO_SOURCE, supported=False),
+    ApiVersion("v20", None, None, _YAHOO_SOURCE),
+)
+DEFAULT_VERSION = "v20"
 
 def check_id(value: Any, what: str) -> str:
     """An id from a response must look like one: it reaches GCS paths and SQL."""
@@ -88,6 +100,12 @@ def _parse_day(value: str) -> date | None:
 class YahooAdsConnector(Connector):
     name: ClassVar[str] = "yahoo_ads"
     credential_names: ClassVar[tuple[str, ...]] = ("access_token",)
+    platform = "Yahoo! JAPAN Search Ads API"
+    versions = VERSIONS
+    default_version = DEFAULT_VERSION
+    option_names = frozenset({"base_account_id", "currency", "max_polls"})
+    token_url = "https://biz-oauth.yahoo.co.jp/oauth/v1/token"
+    token_style = "query"
 
     def __init__(self, settings: ConnectorSettings) -> None:
         super().__init__(settings)
