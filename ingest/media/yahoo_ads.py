@@ -1,10 +1,15 @@
 """Yahoo! JAPAN Ads Search Ads API: ReportDefinitionService add → get (poll) → download CSV.
 
 Flow per (account, day): ``add`` a CAMPAIGN report for ``CUSTOM_DATE`` day..day (CSV,
-UTF8, EN headers, uncompressed) → ``reportJobId``; ``get`` until ``reportJobStatus`` is
-COMPLETED (WAIT / IN_PROGRESS keep polling, via ``HttpSession.poll_wait``); ``download``
-the CSV. The CSV header uses English display names ("Day", "Campaign ID", ...); a missing
-column is schema drift (DataError). The summary row ("Total", empty Campaign ID) is skipped.
+UTF8, uncompressed, ``reportSkipReportSummary: TRUE``) → ``reportJobId``; ``get`` until
+``reportJobStatus`` is COMPLETED (WAIT / IN_PROGRESS keep polling, via
+``HttpSession.poll_wait``); ``download`` the CSV. The CSV header holds the official display
+names of the requested fields in the requested ``reportLanguage`` (option ``report_language``,
+JA by default, as in the API), taken from the official field list ``reports/v20/jp/CAMPAIGN.csv``
+(e.g. EN ``CampaignID``, ``Campaign name``; JA ``キャンペーンID``, ``キャンペーン名``); a missing
+column is schema drift (DataError). We ask the API to skip the summary row; should one come
+anyway it is recognised as documented — metric totals with every attribute/segment column
+empty and no label — and skipped.
 
 Decisions: a job ending FAILED is Transient — the job failed on the platform's side and a
 retry creates a fresh job; repeated failures exhaust the supervisor's attempts and the
@@ -12,9 +17,13 @@ report fails with the platform's ``reportJobErrorDetail`` as reason. Currency is
 account's (JPY unless the ``currency`` option says otherwise; the report has no currency
 column). Cost is in currency units.
 
-Sources: github.com/yahoojp-marketing/ads-search-api-documents (bestpractice/en/
-search_ads_report.md, bestpractice/en/errorcodes.md, design/Response4xx/5xx.yaml,
-design/v0/reportdefinition/*.yaml) and ads-search-api-python-samples/report_sample.py.
+Only fields of the v20 ``ReportDefinition`` are sent (``reportIncludeZeroImpressions`` was
+removed in v6: zero rows are always included).
+
+Sources: github.com/yahoojp-marketing/ads-search-api-documents (reports/v20/jp/CAMPAIGN.csv,
+bestpractice/en/search_ads_report.md, bestpractice/en/errorcodes.md,
+design/Response4xx/5xx.yaml, design/v20/reportdefinition/*.yaml) and
+ads-search-api-python-samples/report_sample.py; fixtures in tests/fixtures/official/yahoo_ads.
 """
 
 from __future__ import annotations
@@ -33,17 +42,33 @@ from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, pa
 from ingest.media.versions import ApiVersion
 
 FIELDS = ("DAY", "CAMPAIGN_ID", "CAMPAIGN_NAME", "IMPS", "CLICKS", "COST", "CONVERSIONS")
-#: report field → column header when reportLanguage is EN
-COLUMNS = {
-    "DAY": "Day",
-    "CAMPAIGN_ID": "Campaign ID",
-    "CAMPAIGN_NAME": "Campaign Name",
-    "IMPS": "Impressions",
-    "CLICKS": "Clicks",
-    "COST": "Cost",
-    "CONVERSIONS": "Conversions",
+#: report field → CSV column header per reportLanguage: the official display names
+#: ("英語表示名称/English Display Name", "日本語表示名称/Japanese Display Name") of
+#: ads-search-api-documents reports/v20/jp/CAMPAIGN.csv
+COLUMNS_BY_LANGUAGE = {
+    "EN": {
+        "DAY": "Day",
+        "CAMPAIGN_ID": "CampaignID",
+        "CAMPAIGN_NAME": "Campaign name",
+        "IMPS": "Impressions",
+        "CLICKS": "Clicks",
+        "COST": "Cost",
+        "CONVERSIONS": "Conversions",
+    },
+    "JA": {
+        "DAY": "日",
+        "CAMPAIGN_ID": "キャンペーンID",
+        "CAMPAIGN_NAME": "キャンペーン名",
+        "IMPS": "インプレッション数",
+        "CLICKS": "クリック数",
+        "COST": "コスト",
+        "CONVERSIONS": "コンバージョン数",
+    },
 }
-SUMMARY_LABELS = frozenset({"Total", "total", "合計", "総計"})
+#: the API's default reportLanguage (design/v20/reportdefinition/ReportDefinitionServiceReportLanguage.yaml)
+DEFAULT_LANGUAGE = "JA"
+#: attribute/segment columns: all empty in the documented summary (total) row
+NON_METRIC = ("DAY", "CAMPAIGN_ID", "CAMPAIGN_NAME")
 #: error codes (errorcodes.md, Response4xx/5xx.yaml)
 THROTTLE_CODES = frozenset({"0003"})  # Frequency limit exceeded (HTTP 403)
 TRANSIENT_CODES = frozenset({"0002", "0099"})  # internal error (500), out of service (503)
@@ -103,7 +128,7 @@ class YahooAdsConnector(Connector):
     platform = "Yahoo! JAPAN Search Ads API"
     versions = VERSIONS
     default_version = DEFAULT_VERSION
-    option_names = frozenset({"base_account_id", "currency", "max_polls"})
+    option_names = frozenset({"base_account_id", "currency", "max_polls", "report_language"})
     token_url = "https://biz-oauth.yahoo.co.jp/oauth/v1/token"
     token_style = "query"
 
@@ -116,6 +141,10 @@ class YahooAdsConnector(Connector):
             raise ConfigError(f"yahoo_ads option base_account_id must be digits, not {base!r}")
         self.currency = opts.get("currency", "JPY")
         self.max_polls = opts.get("max_polls", 60)
+        self.report_language = opts.get("report_language", DEFAULT_LANGUAGE)
+        if self.report_language not in COLUMNS_BY_LANGUAGE:
+            raise ConfigError(f"yahoo_ads option report_language must be EN or JA, not {self.report_language!r}")
+        self.columns = COLUMNS_BY_LANGUAGE[self.report_language]
         if not (isinstance(self.currency, str) and len(self.currency) == 3 and self.currency.isupper()):
             raise ConfigError(f"yahoo_ads option currency must be an ISO 4217 code, not {self.currency!r}")
         if not isinstance(self.max_polls, int) or isinstance(self.max_polls, bool) or self.max_polls < 1:
@@ -186,10 +215,12 @@ class YahooAdsConnector(Connector):
                 "dateRange": {"startDate": ymd, "endDate": ymd},
                 "reportDownloadFormat": "CSV",
                 "reportDownloadEncode": "UTF8",
-                "reportLanguage": "EN",
+                "reportLanguage": self.report_language,
                 "reportCompressType": "NONE",
                 "reportIncludeDeleted": "TRUE",
-                "reportIncludeZeroImpressions": "TRUE",
+                "reportSkipReportSummary": "TRUE",
+                # all decimals, not the default 4-place SIMPLE_DISPLAY: conversions stay exact
+                "reportDecimalPartDisplayType": "FULL_DISPLAY",
             }
             async with http.job():  # one of the media's concurrent report-job slots, until downloaded
                 added = await self._envelope(http, "add", account, {"accountId": int(account), "operand": [operand]})
@@ -234,17 +265,17 @@ class YahooAdsConnector(Connector):
         if not records:
             raise DataError("report CSV is empty (no header row)", body=raw)
         header = [h.strip() for h in records[0]]
-        missing = [name for name in COLUMNS.values() if name not in header]
+        columns = self.columns
+        missing = [name for name in columns.values() if name not in header]
         if missing:
             raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); header: {header}", body=raw)
-        col = {field: header.index(name) for field, name in COLUMNS.items()}
+        col = {field: header.index(name) for field, name in columns.items()}
         rows = []
         for record in records[1:]:
             if len(record) != len(header):
                 raise DataError(f"CSV row has {len(record)} cells, header has {len(header)}", body=raw)
-            first = record[0].strip()
-            if first in SUMMARY_LABELS or record[col["DAY"]].strip() in SUMMARY_LABELS or not record[col["CAMPAIGN_ID"]].strip():
-                continue  # the report summary row
+            if not any(record[col[f]].strip() for f in NON_METRIC):
+                continue  # the summary row: metric totals, attribute/segment columns empty
             row_day = _parse_day(record[col["DAY"]].strip())
             if row_day != day:
                 raise DataError(f"row for {record[col['DAY']][:20]!r} in a report for {day}", body=raw)
