@@ -32,8 +32,11 @@ FIELDS = {
     "metrics.conversions": ("metrics", "conversions"),
     "segments.date": ("segments", "date"),
 }
-_SELECT = re.compile(r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)\s*(?P<rest>.*)$", re.I | re.S)
-_DATE = re.compile(r"segments\.date\s*=\s*'(\d{4}-\d{2}-\d{2})'", re.I)
+_SELECT = re.compile(r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)\s*(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
+#: major versions that answer; any other gets 400 INVALID_ARGUMENT with
+#: requestError UNSUPPORTED_VERSION (tests/fixtures/official/google_ads/error_unsupported_version.json)
+LIVE_VERSIONS = ("v23", "v24", "v25", "v26")
+_DATE = re.compile(r"segments\.date\s*=\s*'(\d{4}-\d{2}-\d{2})'", re.IGNORECASE)
 
 
 def _status(code: int, status: str, message: str, errors: list[dict[str, Any]] | None = None,
@@ -96,7 +99,7 @@ class GoogleAdsSimulator(Simulator):
             [
                 {
                     "errorCode": {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED" if scope == "account" else "RESOURCE_EXHAUSTED"},
-                    "message": "Too many requests. Retry in " + _duration(delay) + ".",
+                    "message": f"Too many requests. Retry in {delay} seconds.",
                     "details": {"quotaErrorDetails": {"rateScope": rate_scope, "rateName": rate_name,
                                                       "retryDelay": _duration(delay)}},
                 }
@@ -121,6 +124,12 @@ class GoogleAdsSimulator(Simulator):
         return super().token(request)
 
     async def search_stream(self, request: web.Request) -> web.StreamResponse:
+        version = self._version(request)
+        if version not in LIVE_VERSIONS:
+            return _status(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
+                           [{"errorCode": {"requestError": "UNSUPPORTED_VERSION"},
+                             "message": f"Version {version} is deprecated. Requests to this version will be blocked."}],
+                           version)
         cid = request.match_info["cid"]
         try:
             body = await request.json()
@@ -207,6 +216,8 @@ class GoogleAdsSimulator(Simulator):
             {"results": results[i: i + size], "fieldMask": mask, "requestId": secrets.token_urlsafe(16)}
             for i in range(0, len(results), size)
         ] or [{"fieldMask": mask, "requestId": secrets.token_urlsafe(16)}]
+        # "query_resource_consumption for non-Summary responses is returned in the final batch"
+        batches[-1]["queryResourceConsumption"] = str(len(results) + 1)
         if not drift:
             self.stats_["served_reports"] += 1
         return json_response(batches)

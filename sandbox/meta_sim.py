@@ -34,6 +34,9 @@ ALLOWED_FIELDS = {
     "date_stop",
 }
 PURCHASE = "offsite_conversion.fb_pixel_purchase"
+#: Marketing API versions that answer; any other gets error #2635 (body as in
+#: tests/fixtures/official/meta/error_version_2635.json)
+LIVE_VERSIONS = ("v25.0", "v26.0", "v27.0")
 STATUSES = ("Job Not Started", "Job Started", "Job Running")
 
 
@@ -58,6 +61,16 @@ def _offset(cursor: str) -> int:
         return int(raw.removeprefix("offset:"))
     except ValueError:
         raise SimulatedError(_error(100, "(#100) Invalid cursor: after")) from None
+
+
+def _version_error(request: web.Request) -> web.Response | None:
+    """An expired version: error #2635 (no automatic upgrade is simulated)."""
+    if request.match_info["ver"] in LIVE_VERSIONS:
+        return None
+    err = {"message": "(#2635) You are calling a deprecated version of the Ads API. "
+                      f"Please update to the latest version: {LIVE_VERSIONS[-1]}.",
+           "code": 2635, "type": "OAuthException", "fbtrace_id": "A" + secrets.token_hex(10)}
+    return json_response({"error": err}, status=400)
 
 
 class MetaSimulator(Simulator):
@@ -110,7 +123,6 @@ class MetaSimulator(Simulator):
             "(#80000) There have been too many calls from this ad-account. Wait a bit and try again. "
             "For more info, please refer to https://developers.facebook.com/docs/graph-api/overview/rate-limiting#ads-insights.",
             subcode=2446079,
-            transient=True,
             headers={"x-business-use-case-usage": json.dumps(buc)},
         )
 
@@ -222,6 +234,8 @@ class MetaSimulator(Simulator):
 
     # -- endpoints ----------------------------------------------------------------------------
     async def get_insights(self, request: web.Request) -> web.StreamResponse:
+        if (expired := _version_error(request)) is not None:
+            return expired
         node = request.match_info["node"]
         if not node.startswith("act_"):
             return await self.job_results(request)
@@ -235,8 +249,10 @@ class MetaSimulator(Simulator):
         return await self.serve(request, "insights", account, handle, data=True)
 
     async def create_job(self, request: web.Request) -> web.StreamResponse:
+        if (expired := _version_error(request)) is not None:
+            return expired
         node = request.match_info["node"]
-        account = node[4:] if node.startswith("act_") else node
+        account = node.removeprefix("act_")
         form = {k: str(v) for k, v in (await request.post()).items()}
 
         async def handle(ctx: Ctx) -> web.Response:
@@ -265,6 +281,8 @@ class MetaSimulator(Simulator):
         return job
 
     async def job_status(self, request: web.Request) -> web.StreamResponse:
+        if (expired := _version_error(request)) is not None:
+            return expired
         job_id = request.match_info["node"]
         job = self.jobs.get(job_id)
         account = job["account"] if job else "unknown"

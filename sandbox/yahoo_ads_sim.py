@@ -1,13 +1,17 @@
 """Yahoo! JAPAN Ads Search Ads API simulator: ReportDefinitionService add → get → download.
 
-Wire format follows github.com/yahoojp-marketing/ads-search-api-documents
-(design/v0/reportdefinition/*.yaml, bestpractice/en/search_ads_report.md, errorcodes.md):
+Wire format follows the official fixtures in tests/fixtures/official/yahoo_ads (built from
+github.com/yahoojp-marketing/ads-search-api-documents: design/v20/reportdefinition/*.yaml,
+reports/v20/jp/CAMPAIGN.csv, bestpractice/en/search_ads_report.md, errorcodes.md):
 envelope ``{errors, rid, rval{totalNumEntries, values[{operationSucceeded, errors,
 reportDefinition}]}}``; job status WAIT / IN_PROGRESS / COMPLETED / FAILED; the download is a
-CSV whose header uses the English display names when ``reportLanguage`` is EN, followed by a
-summary ("Total") row unless ``reportSkipReportSummary`` is TRUE. Errors per
-design/Response4xx/5xx.yaml: 401 0110/0111, 403 0098 (permission) and 0003 (frequency limit),
-500 0002, 503 0099.
+CSV whose header holds the official display names of the requested fields in the requested
+``reportLanguage`` (JA when not given, as in the API), followed by the documented summary row
+(metric totals, attribute/segment columns empty, no label) unless ``reportSkipReportSummary``
+is TRUE. Errors per design/Response4xx/5xx.yaml: 401 0110/0111, 403 0098 (permission) and
+0003 (frequency limit), 500 0002, 503 0099. A version outside ``LIVE_VERSIONS`` gets 404 with
+the common code 0004 "URL not found." (the docs do not document a retired version's answer;
+this is our stand-in, see the fixtures' README). Formats here never come from ``ingest``.
 """
 
 from __future__ import annotations
@@ -25,17 +29,22 @@ from aiohttp import web
 from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
 from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, truth_rows
 
-#: report field → English column header
-EN_NAMES = {
-    "DAY": "Day",
-    "ACCOUNT_ID": "Account ID",
-    "CAMPAIGN_ID": "Campaign ID",
-    "CAMPAIGN_NAME": "Campaign Name",
-    "IMPS": "Impressions",
-    "CLICKS": "Clicks",
-    "COST": "Cost",
-    "CONVERSIONS": "Conversions",
+#: report field → (Japanese, English) display name, from reports/v20/jp/CAMPAIGN.csv
+DISPLAY_NAMES = {
+    "DAY": ("日", "Day"),
+    "ACCOUNT_ID": ("アカウントID", "Account ID"),
+    "CAMPAIGN_ID": ("キャンペーンID", "CampaignID"),
+    "CAMPAIGN_NAME": ("キャンペーン名", "Campaign name"),
+    "IMPS": ("インプレッション数", "Impressions"),
+    "CLICKS": ("クリック数", "Clicks"),
+    "COST": ("コスト", "Cost"),
+    "CONVERSIONS": ("コンバージョン数", "Conversions"),
 }
+#: "Metric" rows of CAMPAIGN.csv; every other field is empty in the summary row
+#: (except ACCOUNT_ID, which the v6 migration guide says keeps the account)
+METRICS = ("IMPS", "CLICKS", "COST", "CONVERSIONS")
+#: about four versions live at once (design/v17 … design/v20 in the docs repository)
+LIVE_VERSIONS = ("v17", "v18", "v19", "v20")
 _YMD = re.compile(r"^\d{8}$")
 
 
@@ -74,6 +83,8 @@ class YahooAdsSimulator(Simulator):
 
     async def report_service(self, request: web.Request) -> web.StreamResponse:
         op = request.match_info["op"]
+        if request.match_info["ver"] not in LIVE_VERSIONS:
+            return _envelope([_err("0004", "URL not found.")], status=404)
         try:
             body = await request.json()
         except ValueError:
@@ -117,7 +128,9 @@ class YahooAdsSimulator(Simulator):
             "reportJobStatus": job["status"],
             "reportLanguage": op.get("reportLanguage", "JA"),
             "reportName": op["reportName"],
+            "reportSkipColumnHeader": op.get("reportSkipColumnHeader", "FALSE"),
             "reportSkipReportSummary": op.get("reportSkipReportSummary", "FALSE"),
+            "reportDecimalPartDisplayType": op.get("reportDecimalPartDisplayType", "SIMPLE_DISPLAY"),
             "reportType": op["reportType"],
             "requestTime": job["request_time"],
         }
@@ -131,7 +144,7 @@ class YahooAdsSimulator(Simulator):
         for key in ("reportName", "reportType", "fields", "reportDateRangeType"):
             if not op.get(key):
                 errors.append(_err("R0001", "Require.", [{"requestKey": key}]))
-        unknown = [f for f in op.get("fields") or [] if f not in EN_NAMES]
+        unknown = [f for f in op.get("fields") or [] if f not in DISPLAY_NAMES]
         if unknown:
             errors.append(_err("V0001", "Invalid value.", [{"requestKey": "fields", "requestValue": unknown[0]}]))
         dr = op.get("dateRange") or {}
@@ -196,11 +209,12 @@ class YahooAdsSimulator(Simulator):
         end = datetime.strptime(op["dateRange"]["endDate"], "%Y%m%d").date()
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        header = [EN_NAMES[f] for f in fields]
+        lang = 1 if op.get("reportLanguage") == "EN" else 0
+        header = [DISPLAY_NAMES[f][lang] for f in fields]
         if ctx.drift:
-            header = ["Cost(JPY)" if h == "Cost" else h for h in header]
+            header = [h + "(JPY)" if f == "COST" else h for f, h in zip(fields, header, strict=True)]
         writer.writerow(header)
-        totals = {"IMPS": 0, "CLICKS": 0, "COST": Decimal(0), "CONVERSIONS": Decimal(0)}
+        totals: dict[str, Any] = {f: Decimal(0) for f in METRICS}
         day = start
         while day <= end:
             for t in truth_rows("yahoo_ads", account, day, self.config.seed):
@@ -219,7 +233,8 @@ class YahooAdsSimulator(Simulator):
                 writer.writerow([_cell(values[f]) for f in fields])
             day = date.fromordinal(day.toordinal() + 1)
         if op.get("reportSkipReportSummary", "FALSE") != "TRUE":
-            writer.writerow(["Total" if i == 0 else _cell(totals.get(f, "")) for i, f in enumerate(fields)])
+            summary = {**totals, "ACCOUNT_ID": account}
+            writer.writerow([_cell(summary[f]) if f in summary else "" for f in fields])
         if not ctx.drift:
             self.stats_["served_reports"] += 1
         return web.Response(body=buf.getvalue().encode("utf-8"), content_type="text/csv", charset="utf-8")

@@ -7,6 +7,7 @@ connector talks to it through a real ``httpx.AsyncClient`` and ``HttpSession``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -14,12 +15,21 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from ingest.errors import AuthError, DataError, IngestError, RetriableError, Throttled, Transient
+from ingest.errors import (
+    AuthError,
+    BadRequest,
+    DataError,
+    IngestError,
+    RetriableError,
+    Throttled,
+    Transient,
+)
 from ingest.media.base import ConnectorSettings, HttpSession, Row, Secret, Usage
 from ingest.media.registry import connector_class
 from sandbox.simulators import SimulatorHandle, run_simulator
@@ -33,7 +43,7 @@ from sandbox.truth import (
     truth_rows,
 )
 
-VERSIONS = {"meta": "v21.0", "google_ads": "v21", "yahoo_ads": "v17"}
+VERSIONS = {"meta": "v27.0", "google_ads": "v26", "yahoo_ads": "v20"}
 DAY = date(2026, 3, 14)
 #: (id, media, connector options): Meta runs in both flows
 FLOWS = [
@@ -212,6 +222,69 @@ def test_meta_throttle_hint_minutes_to_seconds() -> None:
         throttled = [r for r in asyncio.run(two()) if isinstance(r, Throttled)]
         assert throttled and throttled[0].retry_after == 120.0 and throttled[0].code == "80000/2446079"
 
+
+#: a version each platform has retired → what the real API answers (official fixtures' bodies)
+EXPIRED = [("meta", "v21.0", BadRequest, "2635"), ("google_ads", "v22", BadRequest, "INVALID_ARGUMENT,requestError:UNSUPPORTED_VERSION"),
+           ("yahoo_ads", "v16", BadRequest, "0004")]
+
+
+@pytest.mark.parametrize(("media", "version", "error", "code"), EXPIRED, ids=[e[0] for e in EXPIRED])
+def test_expired_api_version_is_refused_as_the_platform_does(media: str, version: str, error: type, code: str) -> None:
+    with run_simulator(media, seed=7, fault_rate=0.0, latency_ms=0) as sim:
+        conn = connector(media, sim.base_url, {})
+        conn.settings = dataclasses.replace(conn.settings, api_version=version)
+        with pytest.raises(error) as info:
+            asyncio.run(fetch(conn, ACCOUNTS[media]))
+        assert info.value.code == code
+
+
+OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official"
+
+
+def test_simulators_emit_the_official_fixture_shapes() -> None:
+    """Sims follow the fixtures: same top-level keys, header names, summary row form."""
+    with run_simulator("yahoo_ads", seed=7, fault_rate=0.0, latency_ms=0) as sim:
+        for lang, fixture in (("JA", "campaign_report_ja.csv"), ("EN", "campaign_report_en.csv")):
+            base = f"{sim.base_url}/v20/ReportDefinitionService"
+            headers = {"Authorization": "Bearer t", "x-z-base-account-id": "1002003"}
+            op = {"reportName": "x", "reportType": "CAMPAIGN", "reportDateRangeType": "CUSTOM_DATE",
+                  "dateRange": {"startDate": "20260314", "endDate": "20260314"},
+                  "fields": ["DAY", "CAMPAIGN_ID", "CAMPAIGN_NAME", "IMPS", "CLICKS", "COST", "CONVERSIONS"]}
+            if lang == "EN":
+                op["reportLanguage"] = "EN"
+            added = httpx.post(f"{base}/add", json={"accountId": 1002003, "operand": [op]}, headers=headers).json()
+            official = json.loads((OFFICIAL / "yahoo_ads" / "add_response.json").read_text())
+            assert set(added) == set(official)
+            job = added["rval"]["values"][0]["reportDefinition"]["reportJobId"]
+            for _ in range(10):
+                got = httpx.post(f"{base}/get", json={"accountId": 1002003, "reportJobIds": [job]}, headers=headers).json()
+                if got["rval"]["values"][0]["reportDefinition"]["reportJobStatus"] == "COMPLETED":
+                    break
+            text = httpx.post(f"{base}/download", json={"accountId": 1002003, "reportJobId": job}, headers=headers).text
+            lines = text.splitlines()
+            want = (OFFICIAL / "yahoo_ads" / fixture).read_text(encoding="utf-8").splitlines()
+            assert lines[0] == want[0]  # official display names in the asked language (JA by default)
+            assert lines[-1].startswith(",,,") and want[-1].startswith(",,,")  # summary row: no label
+    with run_simulator("google_ads", seed=7, fault_rate=0.0, latency_ms=0) as sim:
+        body = httpx.post(f"{sim.base_url}/v26/customers/1234567890/googleAds:searchStream",
+                          json={"query": "SELECT customer.id, customer.currency_code, campaign.id, campaign.name, "
+                                         "metrics.impressions, metrics.clicks, metrics.cost_micros, "
+                                         "metrics.conversions, segments.date FROM campaign "
+                                         "WHERE segments.date = '2026-03-14'"},
+                          headers={"Authorization": "Bearer t", "developer-token": "d"}).json()
+        official = json.loads((OFFICIAL / "google_ads" / "search_stream.json").read_text())
+        assert isinstance(body, list) and set(body[0]) <= set(official[-1])
+        assert body[0]["fieldMask"] == official[0]["fieldMask"]
+    with run_simulator("meta", seed=7, fault_rate=0.0, latency_ms=0) as sim:
+        body = httpx.get(f"{sim.base_url}/v27.0/act_1234567/insights",
+                         params={"level": "campaign", "fields": "account_id,campaign_id,campaign_name,impressions,"
+                                 "clicks,spend,actions,account_currency",
+                                 "time_range": '{"since":"2026-03-14","until":"2026-03-14"}', "time_increment": "1",
+                                 "limit": "1"}, headers={"Authorization": "Bearer t"}).json()
+        official = json.loads((OFFICIAL / "meta" / "insights_page1.json").read_text())
+        assert set(body) == set(official) and set(body["paging"]) == set(official["paging"])
+        assert set(body["data"][0]) <= set(official["data"][0])
+        assert all(isinstance(body["data"][0][k], str) for k in ("impressions", "clicks", "spend"))
 
 def test_control_api_config_and_reset() -> None:
     with run_simulator("yahoo_ads", seed=3) as sim:

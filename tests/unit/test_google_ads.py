@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from connector_template import DAY, TOKEN, Script, assert_no_secret, make, respond, run
 
-from ingest.errors import AuthError, BadRequest, ConfigError, DataError, Throttled, Transient
+from ingest.errors import (
+    AuthError,
+    BadRequest,
+    ConfigError,
+    DataError,
+    Throttled,
+    Transient,
+)
 from ingest.media.google_ads import GoogleAdsConnector
 
 V = "v21"
@@ -171,3 +180,39 @@ def test_bad_ids() -> None:
         run(make(GoogleAdsConnector), Script([]), "12ab")
     with pytest.raises(ConfigError):
         make(GoogleAdsConnector, {"login_customer_id": "abc"})
+
+
+# -- official fixtures (tests/fixtures/official/google_ads, sources in its README) --------------------------
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "google_ads"
+FIXTURE_DAY = date(2025, 3, 14)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def test_official_search_stream_parses_to_rows() -> None:
+    conn = make(GoogleAdsConnector, base_url="https://googleads.googleapis.com", api_version="v26")
+    script = Script([respond(raw=fixture("search_stream.json"))])
+    out = run(conn, script, "123-456-7890", FIXTURE_DAY)
+    assert [(r.campaign_id, r.campaign_name, r.impressions, r.clicks, r.spend, r.conversions, r.currency)
+            for r in out.rows] == [
+        ("111", "Search - Brand", 1520, 87, Decimal("12345.67"), Decimal("3.5"), "JPY"),
+        ("222", "検索 - 一般", 930, 41, Decimal("2.5"), Decimal(0), "JPY"),  # conversions omitted = 0
+        ("333", "Paused test", 0, 0, Decimal(0), Decimal(0), "JPY"),  # every metric omitted (proto3 defaults)
+    ]  # batch-level metricAttributes / queryResourceConsumption are tolerated
+    assert script.requests[0].url.path == "/v26/customers/1234567890/googleAds:searchStream"
+
+
+@pytest.mark.parametrize(("name", "status", "error", "retry_after", "code"), [
+    ("error_quota_developer.json", 429, Throttled, 40591.0, "RESOURCE_EXHAUSTED,quotaError:RESOURCE_EXHAUSTED"),
+    ("error_quota_account.json", 429, Throttled, 30.0, "RESOURCE_EXHAUSTED,quotaError:RESOURCE_TEMPORARILY_EXHAUSTED"),
+    ("error_unauthenticated.json", 401, AuthError, None, "UNAUTHENTICATED,authenticationError:NOT_ADS_USER"),
+    ("error_unsupported_version.json", 400, BadRequest, None, "INVALID_ARGUMENT,requestError:UNSUPPORTED_VERSION"),
+])
+def test_official_error_fixtures_classify(name: str, status: int, error: type, retry_after: float | None,
+                                          code: str) -> None:
+    with pytest.raises(error) as info:
+        run(make(GoogleAdsConnector), Script([respond(status, raw=fixture(name))]), "1234567890", FIXTURE_DAY)
+    exc = info.value
+    assert type(exc) is error and getattr(exc, "retry_after", None) == retry_after and exc.code == code

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -11,7 +13,14 @@ import httpx
 import pytest
 from connector_template import DAY, TOKEN, Script, assert_no_secret, make, respond, run
 
-from ingest.errors import AuthError, BadRequest, ConfigError, DataError, Throttled, Transient
+from ingest.errors import (
+    AuthError,
+    BadRequest,
+    ConfigError,
+    DataError,
+    Throttled,
+    Transient,
+)
 from ingest.media.base import Usage
 from ingest.media.meta import MetaConnector, parse_usage
 
@@ -242,3 +251,66 @@ def test_bad_options_are_config_errors(options: dict[str, Any]) -> None:
 def test_non_numeric_account_is_bad_request() -> None:
     with pytest.raises(BadRequest):
         run(make(MetaConnector), Script([]), "act_abc")
+
+
+# -- official fixtures (tests/fixtures/official/meta, sources in its README) --------------------------------
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "meta"
+FIXTURE_DAY = date(2025, 3, 14)
+FIXTURE_ACCOUNT = "act_123456789012345"
+FIXTURE_ROWS = [
+    ("120200000000000001", "Spring Sale", 361324, 4211, Decimal("5339.5"), Decimal(57), "USD"),
+    ("120200000000000002", "Brand — 認知", 9708, 120, Decimal("88.01"), Decimal(0), "USD"),
+    ("120200000000000003", "Retargeting", 18841, 305, Decimal("412.7"), Decimal(5), "USD"),
+]
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def as_tuples(rows: list[Any]) -> list[tuple[Any, ...]]:
+    return [(r.campaign_id, r.campaign_name, r.impressions, r.clicks, r.spend, r.conversions, r.currency) for r in rows]
+
+
+def test_official_insights_pages_parse_to_rows() -> None:
+    script = Script([respond(raw=fixture("insights_page1.json")), respond(raw=fixture("insights_page2.json"))])
+    conn = make(MetaConnector, {"page_limit": 2}, base_url="https://graph.facebook.com", api_version="v27.0")
+    out = run(conn, script, FIXTURE_ACCOUNT, FIXTURE_DAY)
+    assert as_tuples(out.rows) == FIXTURE_ROWS and {r.date for r in out.rows} == {FIXTURE_DAY}
+    # page 1 has paging.next → page 2 asked with its cursors.after; page 2 has cursors but no next → stop
+    assert len(script.requests) == 2 and script.requests[1].url.params["after"] == "MQZDZD"
+
+
+def test_official_async_flow_parses_to_rows() -> None:
+    script = Script([
+        respond(raw=fixture("async_create.json")),
+        respond(raw=fixture("report_run_not_started.json")),
+        respond(raw=fixture("report_run_running.json")),
+        respond(raw=fixture("report_run_completed.json")),
+        respond(raw=fixture("insights_page1.json")),
+        respond(raw=fixture("insights_page2.json")),
+    ])
+    conn = make(MetaConnector, {"mode": "async"}, base_url="https://graph.facebook.com", api_version="v27.0")
+    out = run(conn, script, FIXTURE_ACCOUNT, FIXTURE_DAY)
+    assert as_tuples(out.rows) == FIXTURE_ROWS
+    assert script.requests[1].url.path == "/v27.0/6120000000000001"
+    assert script.requests[4].url.path == "/v27.0/6120000000000001/insights"
+
+
+@pytest.mark.parametrize("name", ["report_run_failed.json", "report_run_skipped.json"])
+def test_official_failed_report_runs_are_transient(name: str) -> None:
+    script = Script([respond(raw=fixture("async_create.json")), respond(raw=fixture(name))])
+    with pytest.raises(Transient):
+        run(make(MetaConnector, {"mode": "async"}), script, FIXTURE_ACCOUNT, FIXTURE_DAY)
+
+
+@pytest.mark.parametrize(("name", "error", "code"), [
+    ("error_throttle_80000.json", Throttled, "80000/2446079"),
+    ("error_throttle_17.json", Throttled, "17"),
+    ("error_auth_190.json", AuthError, "190/460"),
+    ("error_version_2635.json", BadRequest, "2635"),
+])
+def test_official_error_fixtures_classify(name: str, error: type, code: str) -> None:
+    with pytest.raises(error) as info:
+        run(make(MetaConnector), Script([respond(400, raw=fixture(name))]), FIXTURE_ACCOUNT, FIXTURE_DAY)
+    assert type(info.value) is error and info.value.code == code
