@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sandbox.cli import SANDBOX_CREDENTIALS
 from sandbox.stack import LocalStack, StackSpec, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,8 +59,8 @@ def run_one(name: str, spec: dict[str, Any], stack: LocalStack) -> dict[str, Any
     spec = {**spec, "stack": {"gcs": s.gcs_endpoint, "bq": s.bq_endpoint, "sims": {m: s.sim_url(m) for m in MEDIA}},
             "bucket": f"bench-{uuid.uuid4().hex[:8]}", "dataset": f"bench_{uuid.uuid4().hex[:8]}"}
     env = {**os.environ, **stack.env()}
-    for var in ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN"):
-        env.setdefault(var, "bench-token")
+    for var, value in SANDBOX_CREDENTIALS.items():
+        env.setdefault(var, value)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bench.scenario", json.dumps(spec)], cwd=REPO, env=env,
                           capture_output=True, text=True)

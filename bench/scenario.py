@@ -47,6 +47,7 @@ def sim_stats(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def build_config(spec: dict[str, Any], workdir: Path) -> Any:
     from ingest.config import load_config
+    from sandbox.oauth_sim import TOKEN_ENDPOINTS
 
     stack = spec["stack"]
     media_over: dict[str, Any] = {}
@@ -54,6 +55,7 @@ def build_config(spec: dict[str, Any], workdir: Path) -> Any:
         base = {"meta": 300_000_000, "google_ads": 3_000_000_000, "yahoo_ads": 3_000_000}[media]
         media_over[media] = {
             "base_url": stack["sims"][media],
+            **({"token_url": stack["sims"][media] + TOKEN_ENDPOINTS[media][0]} if media in TOKEN_ENDPOINTS else {}),
             "accounts": [{"id": str(base + i), "advertiser": f"adv_{i % 20}"} for i in range(m["accounts"])],
             "fetchers": m.get("fetchers", 1),
             "concurrency": m.get("concurrency", 64),

@@ -17,7 +17,19 @@ from ingest.config import PipelineConfig
 from ingest.job import EXIT_FAILED, EXIT_SUCCESS, RunRequest
 from sandbox.stack import LocalStack, StackSpec
 
-SANDBOX_TOKENS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
+#: the credentials the local profile names, with harmless values the simulators accept; the OAuth
+#: triples buy expiring access tokens from the simulators' token endpoints (sandbox/oauth_sim.py)
+SANDBOX_CREDENTIALS = {
+    "META_ACCESS_TOKEN": "sandbox-token",
+    "GOOGLE_ADS_DEVELOPER_TOKEN": "sandbox-developer-token",
+    "GOOGLE_ADS_REFRESH_TOKEN": "sandbox-refresh-token",
+    "GOOGLE_ADS_CLIENT_ID": "sandbox-client.apps.googleusercontent.com",
+    "GOOGLE_ADS_CLIENT_SECRET": "sandbox-client-secret",
+    "YAHOO_ADS_REFRESH_TOKEN": "sandbox-refresh-token",
+    "YAHOO_ADS_CLIENT_ID": "sandbox-client-id",
+    "YAHOO_ADS_CLIENT_SECRET": "sandbox-client-secret",
+}
+SANDBOX_TOKENS = tuple(SANDBOX_CREDENTIALS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +72,8 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             print(f"{name:<22} {'up' if ok else 'DOWN'}")
         return EXIT_SUCCESS if all(health.values()) else EXIT_FAILED
     elif args.command == "demo":
-        for var in SANDBOX_TOKENS:  # the simulators accept any token; real ones come from the env
-            os.environ.setdefault(var, "sandbox-token")
+        for var, value in SANDBOX_CREDENTIALS.items():  # the simulators' credentials; real ones come from the env
+            os.environ.setdefault(var, value)
         day = validate_date(cfg, args.date or cfg.yesterday())  # bad input: nothing started
         stack.up()
         code = run_job(cfg, RunRequest("demo", [day], cfg.media_names(), force=True), False)

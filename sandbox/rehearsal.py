@@ -37,7 +37,9 @@ from typing import Any  # noqa: E402
 import yaml  # noqa: E402
 
 from sandbox.checks import expected_totals, mart_totals  # noqa: E402
+from sandbox.cli import SANDBOX_CREDENTIALS  # noqa: E402
 from sandbox.cluster import FakeCluster  # noqa: E402
+from sandbox.oauth_sim import TOKEN_ENDPOINTS  # noqa: E402
 from sandbox.stack import LocalStack, StackSpec, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +47,6 @@ README = REPO / "README.md"
 #: the placeholder the README's submit line uses for the head's dashboard address
 ADDRESS_PLACEHOLDER = "http://HEAD:8265"
 MEDIA = ("meta", "google_ads", "yahoo_ads")
-SANDBOX_TOKENS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
 
 
 def readme_submit_line(readme: Path = README) -> str:
@@ -80,6 +81,8 @@ def local_pipeline_config(stack: LocalStack, database_url: str, extra_accounts: 
     raw["sandbox"] = {"root": str(stack.spec.root), "seed": stack.spec.seed}
     for media, settings in raw["media"].items():
         settings["base_url"] = stack.spec.sim_url(media)
+        if media in TOKEN_ENDPOINTS:  # the simulator's OAuth endpoint instead of the platform's
+            settings["token_url"] = stack.spec.sim_url(media) + TOKEN_ENDPOINTS[media][0]
         base = int(settings["accounts"][-1]["id"]) + 100
         settings["accounts"] += [{"id": str(base + i), "advertiser": settings["accounts"][i % 2]["advertiser"]}
                                  for i in range(extra_accounts)]
@@ -211,7 +214,7 @@ def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: floa
                                  bq_grpc_port=free_port(), sim_ports={m: free_port() for m in MEDIA}, seed=7,
                                  fault_rate=fault_rate, latency_ms=latency_ms))
     database_url = f"sqlite:///{root / 'mart.db'}"
-    env = {**os.environ, **{t: os.environ.get(t, "sandbox-token") for t in SANDBOX_TOKENS}}
+    env = {**SANDBOX_CREDENTIALS, **os.environ}
     env.pop("DATABASE_URL", None)
     cluster: FakeCluster | None = None
     try:

@@ -33,6 +33,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from sandbox.oauth_sim import TOKEN_ENDPOINTS, TokenIssuer
+
 from sandbox.truth import DENIED_ACCOUNT, DRIFT_ACCOUNT, RESERVED, truth_json
 
 #: every fault kind a simulator knows; weights of 0 disable a kind
@@ -74,6 +76,11 @@ class SimConfig:
     page_size: int = 500
     #: Meta: ``estimated_time_to_regain_access`` (minutes) sent with throttles
     regain_minutes: int = 0
+    #: lifetime of access tokens the OAuth endpoint issues (Google 3599 s, Yahoo 3600 s)
+    token_lifetime_s: float = 3599.0
+    #: ``expires_in`` the token endpoint announces; 0 = the true lifetime. Longer than the true
+    #: one = tokens revoked early (clock skew, revocation): the API answers 401 before the client expects it
+    token_reported_lifetime_s: float = 0.0
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -130,6 +137,7 @@ class Simulator:
 
     # -- state ------------------------------------------------------------------------------
     def reset(self) -> None:
+        self.issuer = TokenIssuer(self.config.token_lifetime_s)
         self.rng = random.Random(self.config.seed)
         self.windows: dict[str, deque[float]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -149,6 +157,7 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         s = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.stats_.items()}
         s["faults_total"] = sum(self.stats_["faults"].values())
+        s.update(self.issuer.stats)
         s["media"] = self.media
         s["open_jobs"] = len(self.jobs)
         return s
@@ -248,7 +257,7 @@ class Simulator:
             st["down_rejections"] += 1
             return self.server_error(request, down=True)
         token = self.token(request)
-        if not token or token == "revoked":
+        if not token or token == "revoked" or not self.issuer.valid(token):
             st["auth_failures"] += 1
             return self.auth_error(request, missing=not token)
         if account == DENIED_ACCOUNT:
@@ -349,8 +358,16 @@ class Simulator:
                 web.get("/_sim/reserved", self._reserved),
             ]
         )
+        if self.media in TOKEN_ENDPOINTS:
+            path, style = TOKEN_ENDPOINTS[self.media]
+            app.add_routes([web.post(path, self._token) if style == "form" else web.get(path, self._token)])
         app.add_routes(self.routes())
         return app
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.issuer.lifetime_s = self.config.token_lifetime_s  # changeable at run time via /_sim/config
+        self.issuer.reported_lifetime_s = self.config.token_reported_lifetime_s
+        return await self.issuer.handle(request)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

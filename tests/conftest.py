@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from ingest.config import PipelineConfig, load_config
+from sandbox.cli import SANDBOX_CREDENTIALS
+from sandbox.oauth_sim import TOKEN_ENDPOINTS
 from sandbox.stack import LocalStack, StackSpec, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,8 +68,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(autouse=True)
 def _sandbox_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN"):
-        monkeypatch.setenv(var, os.environ.get(var, "sandbox-token"))
+    for var, value in SANDBOX_CREDENTIALS.items():
+        monkeypatch.setenv(var, os.environ.get(var, value))
     monkeypatch.delenv("DATABASE_URL", raising=False)
 
 
@@ -126,6 +128,9 @@ def make_config(tmp_path: Path) -> Callable[..., PipelineConfig]:
         }
         if spec.sim_ports:
             over["media"] = {m: {"base_url": spec.sim_url(m)} for m in spec.sim_ports}
+            for m, (path, _) in TOKEN_ENDPOINTS.items():  # the simulators' OAuth endpoints
+                if m in over["media"]:
+                    over["media"][m]["token_url"] = spec.sim_url(m) + path
         return load_config(LOCAL_CONFIG, _deep_merge(over, overrides))
 
     return build

@@ -142,6 +142,8 @@ PollWait = Callable[[int], Awaitable[None]]
 UsageSink = Callable[[Usage], None]
 #: one of the media's async-job slots, held from job creation until its result is read
 JobSlot = Callable[[], AbstractAsyncContextManager[None]]
+#: the media's current access token; given the token a 401 rejected, a fresh one
+BearerSource = Callable[[str | None], Awaitable[str]]
 
 
 async def _no_gate() -> None:
@@ -171,8 +173,10 @@ class HttpSession:
         poll_wait: PollWait | None = None,
         on_usage: UsageSink | None = None,
         job_slot: JobSlot | None = None,
+        bearer: BearerSource | None = None,
     ) -> None:
         self.client = client
+        self._bearer = bearer
         self._gate = gate or _no_gate
         self._poll_wait = poll_wait
         self._on_usage = on_usage
@@ -190,7 +194,20 @@ class HttpSession:
         data: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
+        response, token = await self._send(method, url, params, json_body, data, headers, None)
+        if token is not None and response.status_code == 401:
+            # expired or revoked early: one fresh token, one more try; a second 401 is the connector's AuthError
+            response, _ = await self._send(method, url, params, json_body, data, headers, token)
+        return response
+
+    async def _send(self, method: str, url: str, params: Mapping[str, Any] | None, json_body: Any,
+                    data: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
+                    rejected: str | None) -> tuple[httpx.Response, str | None]:
         await self._gate()
+        token = None
+        if self._bearer is not None:  # refresh-token credentials: asked after the gate, so never stale on send
+            token = await self._bearer(rejected)
+            headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
         self.requests += 1
         started = time.perf_counter()
         try:
@@ -204,7 +221,7 @@ class HttpSession:
         self.pages.append(
             RawPage(method, _safe_url(response.request.url), response.status_code, body.decode("utf-8", "replace"), elapsed)
         )
-        return response
+        return response, token
 
     def report_usage(self, usage: Usage) -> None:
         if self._on_usage is not None:
@@ -264,6 +281,13 @@ class ConnectorSettings:
     api_version: str
     secrets: dict[str, Secret] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def bearer_header(self) -> dict[str, str]:
+        """``Authorization`` for a static access token; with refresh-token credentials the
+        HttpSession sets it per request from the media's token cache."""
+        if "access_token" in self.secrets or "refresh_token" not in self.secrets:
+            return {"Authorization": f"Bearer {self.secret('access_token')}"}
+        return {}
 
     def secret(self, name: str) -> str:
         try:

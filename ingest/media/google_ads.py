@@ -139,7 +139,7 @@ class GoogleAdsConnector(Connector):
 
     def _headers(self) -> dict[str, str]:
         headers = {
-            "Authorization": f"Bearer {self.settings.secret('access_token')}",
+            **self.settings.bearer_header(),
             "developer-token": self.settings.secret("developer_token"),
         }
         if self.login_customer_id:

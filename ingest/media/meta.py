@@ -213,7 +213,7 @@ class MetaConnector(Connector):
 
     def _headers(self) -> dict[str, str]:
         # the token goes in a header: recorded URLs (HttpSession.pages) never carry it
-        return {"Authorization": f"Bearer {self.settings.secret('access_token')}"}
+        return self.settings.bearer_header()
 
     async def _call(self, http: HttpSession, method: str, url: str, **kw: Any) -> dict[str, Any]:
         response = await http.request(method, url, headers=self._headers(), **kw)

@@ -5,9 +5,9 @@ configured version against it when the config is loaded:
 * past its sunset (or never supported) → a config error, exit 2, naming the sunset date;
 * within ``WARN_DAYS`` of its sunset → a warning at every start, so a pin is moved in time.
 
-Platforms retire versions on a schedule: an expired version either fails (Meta #2635, Google
-404/UNIMPLEMENTED, Yahoo an error envelope) or is silently upgraded, which changes the
-numbers. Both are worse than refusing to start.
+Platforms retire versions on a schedule: an expired version either fails (Meta error #2635,
+Google HTTP 400 INVALID_ARGUMENT with ``requestError: UNSUPPORTED_VERSION``, Yahoo an error
+envelope) or is silently upgraded, which changes the numbers. Both are worse than refusing to start.
 """
 
 from __future__ import annotations

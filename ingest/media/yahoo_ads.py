@@ -158,7 +158,7 @@ class YahooAdsConnector(Connector):
 
     def _headers(self, account: str) -> dict[str, str]:
         return {
-            "Authorization": f"Bearer {self.settings.secret('access_token')}",
+            **self.settings.bearer_header(),
             "x-z-base-account-id": self.base_account_id or account,
         }
 

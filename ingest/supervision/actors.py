@@ -19,6 +19,8 @@ from ingest.config import GcsSettings, MediaSettings
 from ingest.errors import IngestError
 from ingest.logging import configure_logging
 from ingest.media.base import Secret
+from ingest.media.registry import connector_class
+from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, build_connector
@@ -39,8 +41,10 @@ class FetcherActor:
         self._log_context = {**log_context, "media": media}
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
+        refresh = "refresh_token" in secrets  # the supervisor holds the media's token cache
         self.quota = QuotaLink(lambda u: supervisor.permit.remote(u), lambda k: supervisor.acquire_job.remote(k),
-                               lambda k: supervisor.release_job.remote(k))
+                               lambda k: supervisor.release_job.remote(k),
+                               (lambda r: supervisor.access_token.remote(r)) if refresh else None)
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
@@ -94,7 +98,9 @@ class SupervisorActor:
         self.fetchers: dict[int, RayFetcher] = {}
         self._incarnations: dict[int, int] = {}
         deadline = None if deadline_epoch is None else time.monotonic() + (deadline_epoch - time.time())
-        self.core = MediaSupervisor(media, settings, self._spawn, deadline=deadline)
+        connector = connector_class(settings.connector)
+        tokens = token_cache_for(media, settings.token_url or connector.token_url, connector.token_style, secrets)
+        self.core = MediaSupervisor(media, settings, self._spawn, deadline=deadline, tokens=tokens)
 
     async def _spawn(self, index: int) -> FetcherHandle:
         me = ray.get_runtime_context().current_actor
@@ -125,6 +131,9 @@ class SupervisorActor:
 
     async def release_job(self, key: ReportKey) -> None:
         await self.core.release_job(key)
+
+    async def access_token(self, rejected: str | None = None) -> AccessToken | IngestError:
+        return await self.core.access_token(rejected)
 
     async def status(self) -> dict[str, Any]:
         return self.core.status()

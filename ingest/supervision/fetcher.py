@@ -22,6 +22,7 @@ from ingest.config import MediaSettings
 from ingest.errors import ConfigError, DataError, IngestError
 from ingest.media.base import ConnectorSettings, Connector, HttpSession, Row, Secret, Usage, ensure_classified, rows_to_csv
 from ingest.media.registry import connector_class
+from ingest.media.tokens import AccessToken
 from ingest.storage import ReportPaths, ReportStore
 from ingest.supervision.limiter import poll_interval
 from ingest.tasks import ReportKey, ReportResult, Totals
@@ -60,11 +61,30 @@ class QuotaLink:
         permit: Callable[[float | None], Awaitable[float]],
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
+        access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
     ) -> None:
         self._permit = permit
         self._acquire_job = acquire_job
         self._release_job = release_job
+        self._access_token = access_token
+        self._token: AccessToken | None = None
         self._utilization: float | None = None
+
+    @property
+    def has_tokens(self) -> bool:
+        return self._access_token is not None
+
+    async def bearer(self, rejected: str | None = None) -> str:
+        """The media's access token, kept in this process until it nears expiry (or a 401)."""
+        token = self._token
+        if token is not None and rejected is None and token.fresh(time.time()):
+            return token.value.get()
+        assert self._access_token is not None
+        got = await self._access_token(rejected)
+        if isinstance(got, IngestError):
+            raise got
+        self._token = got
+        return got.value.get()
 
     async def gate(self) -> None:
         utilization, self._utilization = self._utilization, None
@@ -110,7 +130,7 @@ class ReportFetcher:
             session = HttpSession(self.client, poll_wait=poll_wait)
         else:
             session = HttpSession(self.client, gate=quota.gate, poll_wait=poll_wait, on_usage=quota.on_usage,
-                                  job_slot=quota.job_slot(key))
+                                  job_slot=quota.job_slot(key), bearer=quota.bearer if quota.has_tokens else None)
         paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day)
         started = time.perf_counter()
         try:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import structlog
 
 from ingest.config import MediaSettings, RestartSettings
-from ingest.errors import IngestError, RetriableError, Throttled
+from ingest.errors import AuthError, IngestError, RetriableError, Throttled
+from ingest.media.tokens import AccessToken, TokenCache
 from ingest.supervision.breaker import CircuitBreaker
 from ingest.supervision.limiter import JobSlots, RateLimiter
 from ingest.supervision.placement import fetchers_for
@@ -76,8 +77,10 @@ class MediaSupervisor:
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        tokens: TokenCache | None = None,
     ) -> None:
         self.media = media
+        self.tokens = tokens
         self.settings = settings
         self.spawn = spawn
         self.clock = clock
@@ -120,6 +123,21 @@ class MediaSupervisor:
 
     async def release_job(self, key: ReportKey) -> None:
         self.jobs.release(key)
+
+    async def access_token(self, rejected: str | None = None) -> AccessToken | IngestError:
+        """The media's access token for any of its fetchers (refresh-token credentials only).
+
+        A refusal comes back as the error object, not raised: it travels to the fetcher as data
+        and fails that report as an AuthError, without a retry storm on the token endpoint.
+        """
+        if self.tokens is None:
+            return AuthError(f"{self.media} has no refresh-token credentials")
+        try:
+            return await self.tokens.get(rejected)
+        except IngestError as exc:
+            if isinstance(exc, AuthError):
+                log.error("token_refresh_refused", media=self.media, reason=exc.message)
+            return exc
 
     # -- the run --------------------------------------------------------------------------
     async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None) -> AsyncIterator[Event]:

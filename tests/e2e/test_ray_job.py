@@ -23,8 +23,9 @@ import yaml
 from ingest.config import parse_config
 from sandbox.checks import expected_totals, mart_totals
 from sandbox.cluster import FakeCluster
-from sandbox.rehearsal import (ADDRESS_PLACEHOLDER, SANDBOX_TOKENS, local_pipeline_config, prepare_workdir,
-                               readme_submit_line, submit_readme_line)
+from sandbox.cli import SANDBOX_CREDENTIALS
+from sandbox.rehearsal import (ADDRESS_PLACEHOLDER, local_pipeline_config, prepare_workdir, readme_submit_line,
+                               submit_readme_line)
 from sandbox.truth import DENIED_ACCOUNT
 
 pytestmark = pytest.mark.stack
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope="module")
 def head(stack: Any) -> Iterator[FakeCluster]:
-    env = {**os.environ, **stack.env(), **{t: os.environ.get(t, "sandbox-token") for t in SANDBOX_TOKENS}}
+    env = {**SANDBOX_CREDENTIALS, **os.environ, **stack.env()}
     env.pop("DATABASE_URL", None)
     cluster = FakeCluster(env=env, head_cpus=2, autoscale=False, head_resources={"fetcher_slot": 4})
     cluster.start()
