@@ -255,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     if args.command == "run":
-        day = validate_date(cfg, args.date or cfg.yesterday())
+        if args.date is None:  # the nightly: each account's own yesterday, in its time zone
+            req = RunRequest("run", [], cfg.media_names(), force=args.force, take_over=args.take_over,
+                             yesterday_per_account=True)
+            return run_job(cfg, req, args.json)
+        day = validate_date(cfg, args.date)
         return run_job(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force, take_over=args.take_over), args.json)
     if args.command == "rerun":
         return _rerun(cfg, args)

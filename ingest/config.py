@@ -102,6 +102,18 @@ class RestartSettings(Strict):
 class AccountSettings(Strict):
     id: AccountId
     advertiser: Name
+    timezone: str | None = Field(None, description="IANA zone the platform reports this account in; "
+                                                   "unset: asked from the API once and remembered in the ledger")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}") from None
+        return v
 
 
 class MediaSettings(Strict):

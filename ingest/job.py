@@ -16,7 +16,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Literal
 
 import structlog
@@ -58,6 +58,12 @@ class RunRequest:
     stage2: bool = True
     #: only these reports (``rerun --failed``); None = every configured account
     only: frozenset[ReportKey] | None = None
+    #: the nightly default: each account's own yesterday in its time zone (``dates`` is filled in)
+    yesterday_per_account: bool = False
+    #: (media, account) → its report date; set with ``yesterday_per_account``
+    account_days: dict[tuple[str, str], date] | None = None
+    #: "now" for ``yesterday_per_account`` (tests); None = the clock
+    as_of: datetime | None = None
 
 
 @dataclass
@@ -93,7 +99,8 @@ def plan_keys(cfg: PipelineConfig, req: RunRequest) -> list[ReportKey]:
         for account in settings.account_ids():
             if req.accounts and account not in req.accounts:
                 continue
-            for day in req.dates:
+            days = [req.account_days[(media, account)]] if req.account_days is not None else req.dates
+            for day in days:
                 key = ReportKey(media, account, day)
                 if req.only is None or key in req.only:
                     keys.append(key)
@@ -120,6 +127,11 @@ class NightlyJob:
             raise ConfigError(f"unknown media: {', '.join(unknown)} (configured: {', '.join(self.cfg.media)})")
         secrets = self.secrets(req.media)
         self.ledger.migrate()
+        if req.yesterday_per_account:
+            from ingest.timezones import AccountTimezones
+
+            req.account_days = AccountTimezones(self.cfg, self.ledger).yesterday(req.media, secrets, req.as_of)
+            req.dates = sorted(set(req.account_days.values()))
         all_keys = plan_keys(self.cfg, req)
         run_id = self.ledger.open_run(req.kind, req.dates, req.media)
         structlog.contextvars.bind_contextvars(run_id=run_id)

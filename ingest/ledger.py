@@ -115,6 +115,18 @@ locks = sa.Table(
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: each account's time zone, as the platform reported it (or the config pinned it): its report
+#: dates are local dates there, so "yesterday" is computed per account
+account_timezones = sa.Table(
+    "ingest_account_timezones",
+    metadata,
+    sa.Column("media", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -399,6 +411,23 @@ class Ledger:
                 stage_steps.c.status.in_(("pending", "failed")), stage_steps.c.media.in_(media),
                 stage_steps.c.date.in_(dates))).all()
         return sorted((r[0], r[1]) for r in rows)
+
+    def timezones(self) -> dict[tuple[str, str], str]:
+        """(media, account) → IANA time zone remembered from the platform."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(account_timezones.c.media, account_timezones.c.account_id,
+                                          account_timezones.c.timezone)).all()
+        return {(m, a): tz for m, a, tz in rows}
+
+    def remember_timezones(self, found: dict[tuple[str, str], str], source: str = "api") -> None:
+        if not found:
+            return
+        with self.engine.begin() as conn:
+            for (media, account), tz in found.items():
+                key = (account_timezones.c.media == media) & (account_timezones.c.account_id == account)
+                conn.execute(sa.delete(account_timezones).where(key))
+                conn.execute(sa.insert(account_timezones).values(media=media, account_id=account, timezone=tz,
+                                                                 source=source, updated_at=now()))
 
     def stage_rows(self, dates: Iterable[date]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -74,9 +74,10 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     elif args.command == "demo":
         for var, value in SANDBOX_CREDENTIALS.items():  # the simulators' credentials; real ones come from the env
             os.environ.setdefault(var, value)
-        day = validate_date(cfg, args.date or cfg.yesterday())  # bad input: nothing started
+        days = [validate_date(cfg, args.date)] if args.date else []  # bad input: nothing started
         stack.up()
-        code = run_job(cfg, RunRequest("demo", [day], cfg.media_names(), force=True), False)
+        # like the nightly: without --date, each account's own yesterday in its time zone
+        code = run_job(cfg, RunRequest("demo", days, cfg.media_names(), force=True, yesterday_per_account=not days), False)
         print(f"  local stack still running (stop: python -m sandbox down); ledger and marts in {cfg.database_url()}")
         return code
     return EXIT_SUCCESS

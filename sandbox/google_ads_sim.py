@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from sandbox.truth import FAILING_ACCOUNT, truth_rows
+from sandbox.truth import FAILING_ACCOUNT, account_timezone, truth_rows
 
 #: GAQL field → (resource, JSON key)
 FIELDS = {
@@ -33,6 +33,7 @@ FIELDS = {
     "segments.date": ("segments", "date"),
 }
 _SELECT = re.compile(r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)\s*(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
+_CUSTOMER_TZ = re.compile(r"^\s*SELECT\s+customer\.time_zone\s+FROM\s+customer\s*$", re.IGNORECASE)
 #: major versions that answer; any other gets 400 INVALID_ARGUMENT with
 #: requestError UNSUPPORTED_VERSION (tests/fixtures/official/google_ads/error_unsupported_version.json)
 LIVE_VERSIONS = ("v23", "v24", "v25", "v26")
@@ -150,6 +151,10 @@ class GoogleAdsSimulator(Simulator):
             if cid == FAILING_ACCOUNT:
                 raise SimulatedError(self.server_error(request))
             query = body.get("query") if isinstance(body, dict) else None
+            if isinstance(query, str) and _CUSTOMER_TZ.match(query):
+                return json_response([{"results": [{"customer": {"resourceName": f"customers/{cid}",
+                                                                 "timeZone": account_timezone("google_ads", cid)}}],
+                                       "fieldMask": "customer.timeZone", "requestId": f"sim-{self.job_seq}"}])
             fields, day = self._parse(query, version)
             return self._stream(cid, fields, day, ctx.drift)
 

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, normalize_account, truth_rows
+from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, account_timezone, normalize_account, truth_rows
 
 ALLOWED_FIELDS = {
     "account_id",
@@ -152,6 +152,10 @@ class MetaSimulator(Simulator):
             "x-ad-account-usage": json.dumps(
                 {"acc_id_util_pct": acc, "reset_time_duration": 0, "ads_api_access_tier": "standard_access"}
             ),
+            # on insights calls (Marketing API rate-limiting docs): app-wide and this account's use, in %
+            "x-fb-ads-insights-throttle": json.dumps(
+                {"app_id_util_pct": app, "acc_id_util_pct": acc, "ads_api_access_tier": "standard_access"}
+            ),
         }
 
     # -- request parsing ----------------------------------------------------------------------
@@ -284,6 +288,8 @@ class MetaSimulator(Simulator):
         if (expired := _version_error(request)) is not None:
             return expired
         job_id = request.match_info["node"]
+        if job_id.startswith("act_"):  # GET /act_{id}?fields=timezone_name: the ad account node
+            return await self.account_node(request, job_id)
         job = self.jobs.get(job_id)
         account = job["account"] if job else "unknown"
 
@@ -310,6 +316,18 @@ class MetaSimulator(Simulator):
             )
 
         return await self.serve(request, "job_status", account, handle)
+
+    async def account_node(self, request: web.Request, node: str) -> web.StreamResponse:
+        account = node.removeprefix("act_")
+
+        async def handle(ctx: Ctx) -> web.Response:
+            fields = [f for f in request.query.get("fields", "").split(",") if f]
+            body: dict[str, Any] = {"id": node}
+            if "timezone_name" in fields:
+                body["timezone_name"] = account_timezone("meta", account)
+            return json_response(body)
+
+        return await self.serve(request, "account", account, handle)
 
     async def job_results(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["node"]

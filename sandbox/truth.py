@@ -21,6 +21,7 @@ DRIFT_ACCOUNT = "9990000003"  #: every data response has a renamed field (schema
 FAILING_ACCOUNT = "9990000004"  #: async jobs always fail (Google: always HTTP 500) → retriable forever
 DENIED_ACCOUNT = "9990000005"  #: the token has no access to this account → AuthError
 SLOW_ACCOUNT = "9990000006"  #: async jobs need many polls before they complete
+PACIFIC_ACCOUNT = "9990000007"  #: reports in America/Los_Angeles (every other account: Asia/Tokyo)
 
 RESERVED = {
     EMPTY_ACCOUNT: "no campaigns (empty report)",
@@ -29,6 +30,7 @@ RESERVED = {
     FAILING_ACCOUNT: "async job always fails (google_ads: always HTTP 500)",
     DENIED_ACCOUNT: "permission denied for this account",
     SLOW_ACCOUNT: "async job needs many polls",
+    PACIFIC_ACCOUNT: "account time zone America/Los_Angeles",
 }
 
 HOSTILE_CAMPAIGN_ID = "../../etc/passwd'; DROP TABLE x;--"
@@ -45,6 +47,14 @@ def normalize_account(media: str, account: str) -> str:
     if media == "google_ads":
         return account.replace("-", "")
     return account
+
+
+def account_timezone(media: str, account: str) -> str:
+    """The IANA zone the platform reports for an account (Meta ``timezone_name``, Google
+    ``customer.time_zone``); Yahoo! JAPAN accounts are all Asia/Tokyo."""
+    if media != "yahoo_ads" and normalize_account(media, account) == PACIFIC_ACCOUNT:
+        return "America/Los_Angeles"
+    return "Asia/Tokyo"
 
 
 def _h(*parts: Any) -> int:

@@ -333,6 +333,13 @@ class Connector(ABC):
         """Fewest requests one report needs with this connector's flow (for the benchmark)."""
         return 1
 
+    #: the zone of every account when the platform has only one (Yahoo! JAPAN: Asia/Tokyo)
+    fixed_timezone: ClassVar[str | None] = None
+
+    async def account_timezone(self, http: HttpSession, account: str) -> str | None:
+        """The account's IANA time zone, whose local dates the reports are in; None = unknown."""
+        return self.fixed_timezone
+
 
 def ensure_classified(exc: BaseException, media: str, account: str, day: date) -> IngestError:
     """Last line of defence: an unexpected exception from a connector becomes a DataError."""

@@ -158,7 +158,28 @@ class GoogleAdsConnector(Connector):
         except IngestError as exc:
             raise exc.with_report(self.media, account, day.isoformat()) from None
 
+    async def account_timezone(self, http: HttpSession, account: str) -> str | None:
+        """``customer.time_zone`` (IANA): the zone ``segments.date`` is counted in."""
+        cid = account.replace("-", "")
+        url = f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}/customers/{cid}/googleAds:searchStream"
+        response = await http.request("POST", url, json_body={"query": "SELECT customer.time_zone FROM customer"},
+                                      headers=self._headers())
+        for batch in self._batches(response):
+            for result in batch.get("results") or []:
+                tz = (result.get("customer") or {}).get("timeZone") if isinstance(result, dict) else None
+                if isinstance(tz, str) and tz:
+                    return tz
+        return None
+
     def _parse(self, response: httpx.Response, account: str, cid: str, day: date) -> list[Row]:
+        rows: list[Row] = []
+        for batch in self._batches(response):
+            for result in batch.get("results") or []:
+                rows.append(self._row(result, account, cid, day))
+        return rows
+
+    def _batches(self, response: httpx.Response) -> list[dict[str, Any]]:
+        """The searchStream array of batches, or the classified error it carries."""
         raw = response.content
         try:
             body = _loads(raw)
@@ -175,16 +196,13 @@ class GoogleAdsConnector(Connector):
             return self._raise_status(response, {})
         if not isinstance(body, list):
             raise DataError("searchStream response is not a JSON array of batches", status=response.status_code, body=raw)
-        rows: list[Row] = []
         for batch in body:
             if not isinstance(batch, dict):
                 raise DataError("searchStream batch is not an object", body=raw)
-            for result in batch.get("results") or []:
-                rows.append(self._row(result, account, cid, day))
-        return rows
+        return body
 
     @staticmethod
-    def _raise_status(response: httpx.Response, err: dict[str, Any]) -> list[Row]:
+    def _raise_status(response: httpx.Response, err: dict[str, Any]) -> list[dict[str, Any]]:
         raise classify_error(response.status_code, err, response.headers, response.content)
 
     def _row(self, result: Any, account: str, cid: str, day: date) -> Row:

@@ -89,7 +89,7 @@ def _json_header(headers: httpx.Headers, name: str) -> Any:
 
 
 def parse_usage(headers: httpx.Headers) -> Usage | None:
-    """Highest utilization across the three usage headers; regain estimate in seconds."""
+    """Highest utilization across the usage headers; regain estimate in seconds."""
     util: float | None = None
     regain: float | None = None
 
@@ -113,6 +113,11 @@ def parse_usage(headers: httpx.Headers) -> Usage | None:
     if isinstance(app, dict):
         for key in ("call_count", "total_cputime", "total_time"):
             seen(app.get(key))
+    # Insights-specific: {"app_id_util_pct", "acc_id_util_pct", "ads_api_access_tier"} (rate-limiting docs)
+    insights = _json_header(headers, "x-fb-ads-insights-throttle")
+    if isinstance(insights, dict):
+        seen(insights.get("app_id_util_pct"))
+        seen(insights.get("acc_id_util_pct"))
     acct = _json_header(headers, "x-ad-account-usage")
     if isinstance(acct, dict):
         seen(acct.get("acc_id_util_pct"))
@@ -224,6 +229,12 @@ class MetaConnector(Connector):
         if error is not None:
             raise error
         return _body(response)
+
+    async def account_timezone(self, http: HttpSession, account: str) -> str | None:
+        """The ad account's ``timezone_name``: insights days are that zone's days."""
+        body = await self._call(http, "GET", self._url(f"act_{self._act(account)}"), params={"fields": "timezone_name"})
+        tz = body.get("timezone_name")
+        return tz if isinstance(tz, str) and tz else None
 
     @staticmethod
     def _act(account: str) -> str:

@@ -128,6 +128,7 @@ class YahooAdsConnector(Connector):
     platform = "Yahoo! JAPAN Search Ads API"
     versions = VERSIONS
     default_version = DEFAULT_VERSION
+    fixed_timezone = "Asia/Tokyo"  # every Yahoo! JAPAN Ads account reports in JST
     option_names = frozenset({"base_account_id", "currency", "max_polls", "report_language"})
     token_url = "https://biz-oauth.yahoo.co.jp/oauth/v1/token"
     token_style = "query"

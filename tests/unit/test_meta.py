@@ -314,3 +314,15 @@ def test_official_error_fixtures_classify(name: str, error: type, code: str) -> 
     with pytest.raises(error) as info:
         run(make(MetaConnector), Script([respond(400, raw=fixture(name))]), FIXTURE_ACCOUNT, FIXTURE_DAY)
     assert type(info.value) is error and info.value.code == code
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ({"app_id_util_pct": 92.5, "acc_id_util_pct": 10.0, "ads_api_access_tier": "standard_access"}, 0.925),
+    ({"app_id_util_pct": 3.0, "acc_id_util_pct": 71.0, "ads_api_access_tier": "development_access"}, 0.71),
+])
+def test_insights_throttle_header_feeds_the_usage(header: dict[str, object], expected: float) -> None:
+    """x-fb-ads-insights-throttle (Marketing API rate-limiting docs): the higher of app and account use."""
+    import json as _json
+
+    usage = parse_usage(httpx.Headers({"x-fb-ads-insights-throttle": _json.dumps(header)}))
+    assert usage is not None and usage.utilization == pytest.approx(expected)
