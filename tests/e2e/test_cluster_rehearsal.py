@@ -23,12 +23,18 @@ pytestmark = pytest.mark.stack
 def test_make_cluster_rehearsal_passes() -> None:
     """What `make cluster-rehearsal` runs, in its own process (Ray reads RAY_AUTH_MODE at import)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "RAY_ADDRESS", "INGEST_CONFIG")}
-    done = subprocess.run([sys.executable, "-m", "sandbox.rehearsal"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
-    out = done.stdout + done.stderr
-    print(done.stdout)  # the timeline, in pytest's report when this fails
-    assert done.returncode == 0, out[-6000:]
-    last = done.stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.rehearsal"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    except BaseException:  # timeout or an interrupted test run: SIGTERM lets it stop its cluster and stack
+        proc.terminate()
+        proc.communicate(timeout=60)
+        raise
+    out = stdout + stderr
+    print(stdout)  # the timeline, in pytest's report when this fails
+    assert proc.returncode == 0, out[-6000:]
+    last = stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"rehearsal: workers added (\d+), removed \1, nodes killed 1, reports lost 0, totals equal truth",
                         last), last
     assert int(re.search(r"added (\d+)", last).group(1)) >= 2  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ from ingest.cli import main
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_LOCKED, EXIT_PARTIAL, EXIT_SUCCESS
 from ingest.ledger import Ledger
+from sandbox.oauth_sim import REVOKED_REFRESH_TOKEN
 from sandbox.truth import DENIED_ACCOUNT
 from tests.e2e.test_nightly import expected_totals, mart_totals
 
@@ -175,7 +176,7 @@ def test_rerun_failed_touches_only_failed_reports(stack, make_config: Callable[.
     cfg = make_config(stack, sqlite_url, media={"meta": {"accounts": meta_accounts},
                                                 "yahoo_ads": {"retry": {"max_attempts": 2, "backoff_min_s": 0.05}}})
     path = write_config(cfg, tmp_path / "ops.yaml")
-    monkeypatch.setenv("YAHOO_ADS_ACCESS_TOKEN", "revoked")  # an expired token: every yahoo report fails
+    monkeypatch.setenv("YAHOO_ADS_REFRESH_TOKEN", REVOKED_REFRESH_TOKEN)  # revoked: every yahoo report fails
     code, out, _ = cli(capsys, "--config", path, "run", "--date", str(D1), "--json")
     first = json.loads(out)
     assert code == EXIT_PARTIAL and first["outcome"] == "partial"
@@ -198,7 +199,7 @@ def test_rerun_failed_touches_only_failed_reports(stack, make_config: Callable[.
 
     objects = gcs_objects(cfg)
     requests = sim_requests(stack)
-    monkeypatch.setenv("YAHOO_ADS_ACCESS_TOKEN", "sandbox-token")  # the operator renews the token
+    monkeypatch.setenv("YAHOO_ADS_REFRESH_TOKEN", "sandbox-refresh-token")  # the operator renews the grant
     code, out, _ = cli(capsys, "--config", path, "rerun", "--failed", "--date", str(D1), "--json")
     again = json.loads(out)
     assert code == EXIT_PARTIAL  # the denied account still fails: still partial, and says so

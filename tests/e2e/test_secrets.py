@@ -28,10 +28,12 @@ from ingest.job import EXIT_SUCCESS, NightlyJob, RunRequest
 from ingest.logging import configure_logging
 from ingest.ui.app import create_app
 from ingest.ui.queries import LedgerReader, read_only_engine
+from sandbox.cli import SANDBOX_CREDENTIALS
+from sandbox.oauth_sim import ISSUED_PREFIX
 from tests.webhook import Receiver
 
 DAY = date(2026, 11, 19)
-TOKEN_VARS = ("META_ACCESS_TOKEN", "GOOGLE_ADS_ACCESS_TOKEN", "GOOGLE_ADS_DEVELOPER_TOKEN", "YAHOO_ADS_ACCESS_TOKEN")
+TOKEN_VARS = tuple(SANDBOX_CREDENTIALS)  # static tokens and the OAuth refresh triples
 # HTTP 500s only (retriable, no server hints to wait out), few enough that every report succeeds
 FAULTS = {"fault_rate": 0.15, "faults": {"throttle": 0.0, "server_error": 1.0, "timeout": 0.0, "drop": 0.0,
                                          "job_failed": 0.0, "truncated": 0.0, "auth": 0.0, "drift": 0.0}}
@@ -44,6 +46,10 @@ def _sim(stack: Any, media: str, method: str, path: str, body: Any = None) -> An
         resp = client.request(method, f"{stack.spec.sim_url(media)}{path}", json=body)
         resp.raise_for_status()
         return resp.json()
+
+
+def sim_stats_issued(stack: Any, media: str) -> int:
+    return int(_sim(stack, media, "GET", "/_sim/stats")["tokens_issued"])
 
 
 def _ray_log_files() -> list[Path]:
@@ -104,7 +110,9 @@ def test_secrets_stay_out_and_failing_webhook_never_fails_the_run(
     assert any('"notify_failed"' in line and "HTTP 500" in line for line in captured.err.splitlines())
     retries = sum(m.retries for m in report.media.values())  # > 0 but for bad luck (~1%): error paths ran
 
-    values = list(secrets.values()) + [rx.url.split("/", 3)[-1]]  # the webhook path is a credential too
+    # the webhook path is a credential too, and so is every access token the OAuth endpoints issued
+    values = list(secrets.values()) + [rx.url.split("/", 3)[-1], ISSUED_PREFIX]
+    assert all(sim_stats_issued(stack, m) >= 1 for m in ("google_ads", "yahoo_ads"))
 
     def clean(where: str, text: str) -> None:
         for v in values:
