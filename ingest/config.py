@@ -67,7 +67,13 @@ class Strict(BaseModel):
 class RetrySettings(Strict):
     """Exponential backoff with full jitter; the server's hint wins when it gives one."""
 
-    max_attempts: int = Field(5, ge=1, le=50)
+    max_attempts: int = Field(5, ge=1, le=50, description="attempts of a whole report (a new report job each); "
+                              "only a failed or expired platform job starts a report again")
+    request_attempts: int = Field(6, ge=1, le=50, description="attempts of one request (create, poll, page, "
+                                  "download, stream) before the report fails")
+    retry_budget: int = Field(30, ge=0, le=1000, description="request retries per report, all requests together")
+    malformed_attempts: int = Field(3, ge=1, le=20, description="reads of a cut/unparseable 200 body before the "
+                                    "report fails as DataError (each body kept in GCS)")
     backoff_min_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(60.0, gt=0)
     multiplier: float = Field(2.0, ge=1)
@@ -85,7 +91,9 @@ class QuotaSettings(Strict):
 
 
 class BreakerSettings(Strict):
-    failure_threshold: int = Field(5, ge=1, description="consecutive throttles/outages that open it")
+    failure_threshold: int = Field(5, ge=1, description="distinct accounts (or app-wide throttles) failing within "
+                                   "window_s that open it: one account's streak never does")
+    window_s: float = Field(60.0, gt=0, description="how far back the breaker looks for that evidence")
     open_s: float = Field(30.0, gt=0, description="wait before one probe request")
     max_open_cycles: int = Field(4, ge=1, description="re-opens without a success before the media is given up")
 

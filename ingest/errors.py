@@ -133,13 +133,19 @@ class RetriableError(IngestError):
 
 
 class Throttled(RetriableError):
-    """The platform asked us to slow down; ``retry_after`` is its hint in seconds, if any."""
+    """The platform asked us to slow down; ``retry_after`` is its hint in seconds, if any.
+
+    ``scope`` says what the limit covers, as the platform tells it: ``"account"`` (Meta 17, 613,
+    80000–80014; Google ``rateScope: ACCOUNT``) pauses that account only; ``"app"`` (Meta 4,
+    Google ``DEVELOPER``, Yahoo's per-application limit) pauses the whole media.
+    """
 
     kind = "throttled"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, scope: str = "app", **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class Transient(RetriableError):
@@ -148,6 +154,23 @@ class Transient(RetriableError):
 
 class Timeout(RetriableError):
     kind = "timeout"
+
+
+class Malformed(RetriableError):
+    """A 200 whose body is cut or not parseable (truncated JSON, a CSV with a cut last line):
+    proxies and resets do that, and a re-read usually succeeds. Retried a bounded number of
+    times (each body kept in GCS); then the report fails as DataError. Schema drift — a body
+    that parses but lacks a field — is a DataError at once."""
+
+    kind = "malformed"
+
+
+class JobFailed(RetriableError):
+    """The platform says the async report job itself failed or expired (Meta ``Job Failed`` /
+    ``Job Skipped``, Yahoo ``FAILED``, an expired run id or cursor): the only case where the
+    whole report starts again, as a new job."""
+
+    kind = "job_failed"
 
 
 class FatalError(IngestError):

@@ -9,6 +9,7 @@ job, and that wait is decided by supervision, not by the connector.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -20,12 +21,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
-from ingest.errors import DataError, IngestError, Timeout, Transient, redact, register_secret
+from ingest.errors import DataError, IngestError, Malformed, RetriableError, Timeout, Transient, redact, register_secret
 from ingest.media.versions import ApiVersion
 
 CSV_COLUMNS = (
@@ -144,6 +145,12 @@ UsageSink = Callable[[Usage], None]
 JobSlot = Callable[[], AbstractAsyncContextManager[None]]
 #: the media's current access token; given the token a 401 rejected, a fresh one
 BearerSource = Callable[[str | None], Awaitable[str]]
+#: asked after one request failed retriably: (error, attempt of that request, which request) →
+#: seconds to wait before sending it again; raises the final error when a budget is spent.
+#: Supervision plugs its retry policy in here: connectors never decide.
+RequestRetry = Callable[[IngestError, int, str], Awaitable[float]]
+
+T = TypeVar("T")
 
 
 async def _no_gate() -> None:
@@ -174,9 +181,12 @@ class HttpSession:
         on_usage: UsageSink | None = None,
         job_slot: JobSlot | None = None,
         bearer: BearerSource | None = None,
+        retry: RequestRetry | None = None,
     ) -> None:
         self.client = client
         self._bearer = bearer
+        self._retry = retry
+        self.request_retries = 0
         self._gate = gate or _no_gate
         self._poll_wait = poll_wait
         self._on_usage = on_usage
@@ -223,6 +233,25 @@ class HttpSession:
         )
         return response, token
 
+    async def step(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
+        """One request of a report — create, poll, page, download, stream — sent and classified
+        by ``send``. A retriable failure sends *this request* again, after the wait the
+        supervisor's policy gives; what earlier steps got (the report job id, pages read, the
+        cursor) stays with the connector. Without a retry hook (plain unit tests), the error
+        goes up as before."""
+        attempt = 1
+        while True:
+            try:
+                return await send()
+            except RetriableError as err:
+                if self._retry is None:
+                    raise
+                delay = await self._retry(err, attempt, what)  # raises when a budget is spent
+                self.request_retries += 1
+                attempt += 1
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
     def report_usage(self, usage: Usage) -> None:
         if self._on_usage is not None:
             self._on_usage(usage)
@@ -245,11 +274,11 @@ class HttpSession:
 
 
 def parse_json(response: httpx.Response) -> Any:
-    """Decode a JSON body or raise DataError (truncated/malformed), keeping the body."""
+    """Decode a JSON body or raise Malformed (cut or unparseable: read again), keeping the body."""
     try:
         return json.loads(response.content)
     except ValueError as exc:
-        raise DataError(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
+        raise Malformed(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
 
 
 def parse_decimal(value: Any, field_name: str) -> Decimal:

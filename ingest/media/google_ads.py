@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ingest.config import ACCOUNT_RE
-from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, Throttled, Transient
+from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, Malformed, Throttled, Transient
 from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int
 from ingest.media.versions import ApiVersion
 
@@ -77,10 +77,13 @@ def _loads(content: bytes) -> Any:
     return json.loads(content, parse_float=Decimal)
 
 
-def _error_codes(err: dict[str, Any]) -> tuple[list[str], float | None]:
-    """GoogleAdsFailure error codes ("quotaError:RESOURCE_EXHAUSTED") and the retry delay, if any."""
+def _error_codes(err: dict[str, Any]) -> tuple[list[str], float | None, str]:
+    """GoogleAdsFailure error codes ("quotaError:RESOURCE_EXHAUSTED"), the retry delay if any, and
+    the quota's scope: ``rateScope`` ACCOUNT → "account" (back off that customer), else "app"
+    (DEVELOPER: the whole developer token)."""
     codes: list[str] = []
     delay: float | None = None
+    scope = "app"
     for detail in err.get("details") or []:
         if not isinstance(detail, dict):
             continue
@@ -94,13 +97,15 @@ def _error_codes(err: dict[str, Any]) -> tuple[list[str], float | None]:
             quota = (e.get("details") or {}).get("quotaErrorDetails") or {}
             if isinstance(quota, dict):
                 delay = _duration_s(quota.get("retryDelay")) or delay
-    return codes, delay
+                if quota.get("rateScope") == "ACCOUNT":
+                    scope = "account"
+    return codes, delay, scope
 
 
 def classify_error(status: int, err: dict[str, Any], headers: httpx.Headers, raw: bytes) -> IngestError:
     """Map a google.rpc.Status (HTTP status + ``status`` + GoogleAdsFailure) to our taxonomy."""
     rpc = str(err.get("status") or "")
-    codes, delay = _error_codes(err)
+    codes, delay, scope = _error_codes(err)
     if delay is None:
         try:
             delay = float(headers["retry-after"]) if headers.get("retry-after") else None
@@ -110,7 +115,7 @@ def classify_error(status: int, err: dict[str, Any], headers: httpx.Headers, raw
     kw: dict[str, Any] = {"status": status, "body": raw, "code": tag}
     msg = str(err.get("message") or f"HTTP {status}")
     if rpc == "RESOURCE_EXHAUSTED" or status == 429 or any(c.startswith("quotaError:") for c in codes):
-        return Throttled(f"quota: {msg}", retry_after=delay, **kw)
+        return Throttled(f"quota ({scope}): {msg}", retry_after=delay, scope=scope, **kw)
     if rpc in RETRYABLE_STATUSES or status >= 500 or "internalError:TRANSIENT_ERROR" in codes:
         return Transient(msg, **kw)
     if rpc in AUTH_STATUSES or status in (401, 403):
@@ -152,9 +157,13 @@ class GoogleAdsConnector(Connector):
             if not cid.isdigit():
                 raise BadRequest(f"Google Ads customer id must be digits (dashes allowed), not {account!r}")
             url = f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}/customers/{cid}/googleAds:searchStream"
-            response = await http.request("POST", url, json_body={"query": QUERY.format(day=day.isoformat())},
-                                          headers=self._headers())
-            return self._parse(response, account, cid, day)
+            body = {"query": QUERY.format(day=day.isoformat())}
+
+            async def stream() -> list[Row]:  # one retriable step: the request and the parse of its body
+                response = await http.request("POST", url, json_body=body, headers=self._headers())
+                return self._parse(response, account, cid, day)
+
+            return await http.step("stream", stream)
         except IngestError as exc:
             raise exc.with_report(self.media, account, day.isoformat()) from None
 
@@ -162,9 +171,12 @@ class GoogleAdsConnector(Connector):
         """``customer.time_zone`` (IANA): the zone ``segments.date`` is counted in."""
         cid = account.replace("-", "")
         url = f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}/customers/{cid}/googleAds:searchStream"
-        response = await http.request("POST", url, json_body={"query": "SELECT customer.time_zone FROM customer"},
-                                      headers=self._headers())
-        for batch in self._batches(response):
+        async def ask() -> list[dict[str, Any]]:
+            response = await http.request("POST", url, json_body={"query": "SELECT customer.time_zone FROM customer"},
+                                          headers=self._headers())
+            return self._batches(response)
+
+        for batch in await http.step("customer", ask):
             for result in batch.get("results") or []:
                 tz = (result.get("customer") or {}).get("timeZone") if isinstance(result, dict) else None
                 if isinstance(tz, str) and tz:
@@ -186,7 +198,7 @@ class GoogleAdsConnector(Connector):
         except ValueError as exc:
             if response.status_code >= 400:
                 return self._raise_status(response, {})
-            raise DataError(f"malformed JSON body: {exc}", status=response.status_code, body=raw) from None
+            raise Malformed(f"malformed JSON body: {exc}", status=response.status_code, body=raw) from None
         # errors come as a Status object, or (searchStream) as an element of the array
         items = body if isinstance(body, list) else [body]
         for item in items:

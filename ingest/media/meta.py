@@ -30,6 +30,8 @@ import httpx
 
 from ingest.config import ACCOUNT_RE
 from ingest.errors import (
+    JobFailed,
+    Malformed,
     AuthError,
     BadRequest,
     ConfigError,
@@ -43,6 +45,8 @@ from ingest.media.versions import ApiVersion
 
 #: app (4), user (17), page (32), ad account (613) and business-use-case (80000–80014) limits
 THROTTLE_CODES = frozenset({4, 17, 32, 613} | set(range(80000, 80015)))
+#: of those, the limits of one ad account (rate-limiting docs): pause that account only; 4 and 32 are app/page-wide
+ACCOUNT_THROTTLE_CODES = frozenset({17, 613} | set(range(80000, 80015)))
 #: invalid/expired session or token
 AUTH_CODES = frozenset({102, 190, 463, 467})
 #: permission errors (10, 200–299): the token cannot read this account; retrying cannot help
@@ -158,7 +162,8 @@ def classify(response: httpx.Response) -> IngestError | None:
     kw: dict[str, Any] = {"status": status, "body": response.content, "code": tag}
     msg = str(err.get("message") or f"HTTP {status}")
     if code in THROTTLE_CODES:
-        return Throttled(f"throttled: {msg}", retry_after=_retry_after(response.headers), **kw)
+        scope = "account" if code in ACCOUNT_THROTTLE_CODES else "app"
+        return Throttled(f"throttled ({scope}): {msg}", retry_after=_retry_after(response.headers), scope=scope, **kw)
     if code in AUTH_CODES:
         return AuthError(f"access token rejected: {msg}", **kw)
     if code in PERMISSION_CODES:
@@ -180,7 +185,7 @@ def _body(response: httpx.Response) -> dict[str, Any]:
     try:
         body = json.loads(response.content)
     except ValueError as exc:
-        raise DataError(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
+        raise Malformed(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
     if not isinstance(body, dict):
         raise DataError("expected a JSON object", status=response.status_code, body=response.content)
     return body
@@ -220,7 +225,11 @@ class MetaConnector(Connector):
         # the token goes in a header: recorded URLs (HttpSession.pages) never carry it
         return self.settings.bearer_header()
 
-    async def _call(self, http: HttpSession, method: str, url: str, **kw: Any) -> dict[str, Any]:
+    async def _call(self, http: HttpSession, what: str, method: str, url: str, **kw: Any) -> dict[str, Any]:
+        """One request as one retriable step: a failure re-sends this request only."""
+        return await http.step(what, lambda: self._send(http, method, url, **kw))
+
+    async def _send(self, http: HttpSession, method: str, url: str, **kw: Any) -> dict[str, Any]:
         response = await http.request(method, url, headers=self._headers(), **kw)
         usage = parse_usage(response.headers)
         if usage is not None:
@@ -232,7 +241,8 @@ class MetaConnector(Connector):
 
     async def account_timezone(self, http: HttpSession, account: str) -> str | None:
         """The ad account's ``timezone_name``: insights days are that zone's days."""
-        body = await self._call(http, "GET", self._url(f"act_{self._act(account)}"), params={"fields": "timezone_name"})
+        body = await self._call(http, "account", "GET", self._url(f"act_{self._act(account)}"),
+                                params={"fields": "timezone_name"})
         tz = body.get("timezone_name")
         return tz if isinstance(tz, str) and tz else None
 
@@ -268,8 +278,8 @@ class MetaConnector(Connector):
         rows: list[Any] = []
         after: str | None = None
         seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            body = await self._call(http, "GET", url, params={**params, **({"after": after} if after else {})})
+        for page in range(1, MAX_PAGES + 1):
+            body = await self._call(http, f"page {page}", "GET", url, params={**params, **({"after": after} if after else {})})
             data = body.get("data")
             if not isinstance(data, list):
                 raise DataError("insights response has no 'data' list", body=json.dumps(body))
@@ -289,7 +299,7 @@ class MetaConnector(Connector):
             return await self._run_job(http, act, day)
 
     async def _run_job(self, http: HttpSession, act: str, day: date) -> list[Any]:
-        created = await self._call(http, "POST", self._url(f"act_{act}", "insights"), data=self._params(day))
+        created = await self._call(http, "create", "POST", self._url(f"act_{act}", "insights"), data=self._params(day))
         run_id = created.get("report_run_id")
         if isinstance(run_id, int) and not isinstance(run_id, bool):
             run_id = str(run_id)
@@ -297,17 +307,17 @@ class MetaConnector(Connector):
             raise DataError(f"report_run_id {str(run_id)[:40]!r} is not a numeric id", body=json.dumps(created))
         for polls in range(self.max_polls):
             await http.poll_wait(polls)
-            job = await self._call(http, "GET", self._url(run_id))
+            job = await self._call(http, f"poll {polls + 1}", "GET", self._url(run_id))
             status = job.get("async_status")
             pct = job.get("async_percent_completion", 100)
             if status == "Job Completed" and pct == 100:
                 return await self._pages(http, self._url(run_id, "insights"), {"limit": str(self.page_limit)})
             if status in FAILED:
                 # "Report Failed. Try again later." (insights error table: -2/2490547); a new run is a fresh job
-                raise Transient(f"async report run {run_id} ended with {status!r}", body=json.dumps(job), code=str(status))
+                raise JobFailed(f"async report run {run_id} ended with {status!r}", body=json.dumps(job), code=str(status))
             if status not in RUNNING and status != "Job Completed":
                 raise DataError(f"unknown async_status {str(status)[:40]!r}", body=json.dumps(job))
-        raise Transient(f"async report run {run_id} not complete after {self.max_polls} polls", code="poll_limit")
+        raise JobFailed(f"async report run {run_id} not complete after {self.max_polls} polls", code="poll_limit")
 
     def _row(self, item: Any, account: str, act: str, day: date) -> Row:
         if not isinstance(item, dict):

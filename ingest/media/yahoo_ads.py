@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ingest.config import ACCOUNT_RE
-from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, Throttled, Transient
+from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, JobFailed, Malformed, Throttled, Transient
 from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int
 from ingest.media.versions import ApiVersion
 
@@ -178,13 +178,17 @@ class YahooAdsConnector(Connector):
         errors = body.get("errors") if isinstance(body, dict) else None
         return errors if isinstance(errors, list) else []
 
-    async def _envelope(self, http: HttpSession, op: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _envelope(self, http: HttpSession, what: str, op: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST and return the single ``rval.values[0]``, as one retriable step."""
+        return await http.step(what, lambda: self._envelope_once(http, op, account, body))
+
+    async def _envelope_once(self, http: HttpSession, op: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST and return the single ``rval.values[0]`` (Full and Part errors classified)."""
         response = await self._post(http, op, account, body)
         try:
             env = json.loads(response.content)
         except ValueError as exc:
-            raise DataError(f"malformed JSON body: {exc}", status=200, body=response.content) from None
+            raise Malformed(f"malformed JSON body: {exc}", status=200, body=response.content) from None
         if not isinstance(env, dict):
             raise DataError("envelope is not a JSON object", status=200, body=response.content)
         if env.get("errors"):  # "Full Error": HTTP 200, whole request refused
@@ -224,29 +228,34 @@ class YahooAdsConnector(Connector):
                 "reportDecimalPartDisplayType": "FULL_DISPLAY",
             }
             async with http.job():  # one of the media's concurrent report-job slots, until downloaded
-                added = await self._envelope(http, "add", account, {"accountId": int(account), "operand": [operand]})
+                added = await self._envelope(http, "add", "add", account, {"accountId": int(account), "operand": [operand]})
                 job_id = added.get("reportJobId")
                 if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
                     raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
                 await self._wait(http, account, job_id)
-                response = await self._post(http, "download", account, {"accountId": int(account), "reportJobId": job_id})
-            return self._parse_csv(response, account, day)
+                download = {"accountId": int(account), "reportJobId": job_id}
+
+                async def fetch_csv() -> list[Row]:  # the download and the parse of its CSV: one retriable step
+                    return self._parse_csv(await self._post(http, "download", account, download), account, day)
+
+                return await http.step("download", fetch_csv)
         except IngestError as exc:
             raise exc.with_report(self.media, account, day.isoformat()) from None
 
     async def _wait(self, http: HttpSession, account: str, job_id: int) -> None:
         for polls in range(self.max_polls):
             await http.poll_wait(polls)
-            definition = await self._envelope(http, "get", account, {"accountId": int(account), "reportJobIds": [job_id]})
+            definition = await self._envelope(http, f"poll {polls + 1}", "get", account,
+                                              {"accountId": int(account), "reportJobIds": [job_id]})
             status = definition.get("reportJobStatus")
             if status == "COMPLETED":
                 return
             if status == "FAILED":
                 detail = definition.get("reportJobErrorDetail") or "no detail"
-                raise Transient(f"report job {job_id} FAILED: {detail}", code="FAILED", body=json.dumps(definition))
+                raise JobFailed(f"report job {job_id} FAILED: {detail}", code="FAILED", body=json.dumps(definition))
             if status not in RUNNING:
                 raise DataError(f"unknown reportJobStatus {str(status)[:40]!r}", body=json.dumps(definition))
-        raise Transient(f"report job {job_id} not complete after {self.max_polls} polls", code="poll_limit")
+        raise JobFailed(f"report job {job_id} not complete after {self.max_polls} polls", code="poll_limit")
 
     def _parse_csv(self, response: httpx.Response, account: str, day: date) -> list[Row]:
         raw = response.content
@@ -257,11 +266,13 @@ class YahooAdsConnector(Connector):
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
+            if exc.start >= len(raw) - 3:  # a multi-byte character cut at the end: the body was cut
+                raise Malformed(f"report CSV cut inside a character: {exc}", body=raw) from None
             raise DataError(f"report is not UTF-8: {exc}", body=raw) from None
         try:
             records = list(csv.reader(io.StringIO(text)))
         except csv.Error as exc:
-            raise DataError(f"malformed CSV: {exc}", body=raw) from None
+            raise Malformed(f"malformed CSV (cut inside a quoted cell?): {exc}", body=raw) from None
         records = [r for r in records if any(cell.strip() for cell in r)]
         if not records:
             raise DataError("report CSV is empty (no header row)", body=raw)
@@ -272,8 +283,10 @@ class YahooAdsConnector(Connector):
             raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); header: {header}", body=raw)
         col = {field: header.index(name) for field, name in columns.items()}
         rows = []
-        for record in records[1:]:
+        for n, record in enumerate(records[1:], start=2):
             if len(record) != len(header):
+                if n == len(records) and len(record) < len(header):  # the last line, short: the body was cut
+                    raise Malformed(f"report CSV cut: last line has {len(record)} of {len(header)} cells", body=raw)
                 raise DataError(f"CSV row has {len(record)} cells, header has {len(header)}", body=raw)
             if not any(record[col[f]].strip() for f in NON_METRIC):
                 continue  # the summary row: metric totals, attribute/segment columns empty

@@ -42,9 +42,10 @@ class FetcherActor:
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
         refresh = "refresh_token" in secrets  # the supervisor holds the media's token cache
-        self.quota = QuotaLink(lambda u: supervisor.permit.remote(u), lambda k: supervisor.acquire_job.remote(k),
+        self.quota = QuotaLink(lambda u, a: supervisor.permit.remote(u, a), lambda k: supervisor.acquire_job.remote(k),
                                lambda k: supervisor.release_job.remote(k),
-                               (lambda r: supervisor.access_token.remote(r)) if refresh else None)
+                               (lambda r: supervisor.access_token.remote(r)) if refresh else None,
+                               lambda k, e, n, w: supervisor.request_failed.remote(k, e, n, w))
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
@@ -123,8 +124,11 @@ class SupervisorActor:
         async for event in self.core.run(keys, first_attempt):
             yield event
 
-    async def permit(self, utilization: float | None = None) -> float:
-        return await self.core.permit(utilization)
+    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
+        return await self.core.permit(utilization, account)
+
+    async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str) -> tuple[bool, float, str]:
+        return await self.core.request_failed(key, error, attempt, what)
 
     async def acquire_job(self, key: ReportKey) -> None:
         await self.core.acquire_job(key)

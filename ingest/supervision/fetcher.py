@@ -19,8 +19,9 @@ import httpx
 import structlog
 
 from ingest.config import MediaSettings
-from ingest.errors import ConfigError, DataError, IngestError
-from ingest.media.base import ConnectorSettings, Connector, HttpSession, Row, Secret, Usage, ensure_classified, rows_to_csv
+from ingest.errors import ConfigError, DataError, IngestError, Malformed
+from ingest.media.base import (ConnectorSettings, Connector, HttpSession, RequestRetry, Row, Secret, Usage,
+                               ensure_classified, rows_to_csv)
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken
 from ingest.storage import ReportPaths, ReportStore
@@ -58,12 +59,14 @@ class QuotaLink:
 
     def __init__(
         self,
-        permit: Callable[[float | None], Awaitable[float]],
+        permit: Callable[[float | None, str | None], Awaitable[float]],
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
+        request_failed: Callable[[ReportKey, IngestError, int, str], Awaitable[tuple[bool, float, str]]] | None = None,
     ) -> None:
         self._permit = permit
+        self._request_failed = request_failed
         self._acquire_job = acquire_job
         self._release_job = release_job
         self._access_token = access_token
@@ -86,15 +89,35 @@ class QuotaLink:
         self._token = got
         return got.value.get()
 
-    async def gate(self) -> None:
+    async def gate(self, account: str | None = None) -> None:
         utilization, self._utilization = self._utilization, None
-        send_at = await self._permit(utilization)
+        send_at = await self._permit(utilization, account)
         delay = (send_at or 0.0) - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
 
     def on_usage(self, usage: Usage) -> None:
         self._utilization = max(self._utilization or 0.0, usage.utilization)
+
+    def retry_hook(self, key: ReportKey) -> RequestRetry | None:
+        """What a report's HttpSession asks when one of its requests failed retriably: the
+        supervisor's policy answers; a spent budget comes back as the final error, with the
+        policy's reason (a cut body that never came whole becomes a DataError, body kept)."""
+        if self._request_failed is None:
+            return None
+        ask = self._request_failed
+
+        async def hook(error: IngestError, attempt: int, what: str) -> float:
+            retry, delay, reason = await ask(key, error, attempt, what)
+            if retry:
+                return delay
+            final = error
+            if isinstance(error, Malformed):
+                final = DataError(f"{what}: {error.message}", status=error.status, body=error.body)
+            final.final_reason = reason  # type: ignore[attr-defined]  # read by the supervisor: fail, do not retry
+            raise final
+
+        return hook
 
     def job_slot(self, key: ReportKey) -> Callable[[], AbstractAsyncContextManager[None]]:
         @contextlib.asynccontextmanager
@@ -129,8 +152,9 @@ class ReportFetcher:
         if quota is None:
             session = HttpSession(self.client, poll_wait=poll_wait)
         else:
-            session = HttpSession(self.client, gate=quota.gate, poll_wait=poll_wait, on_usage=quota.on_usage,
-                                  job_slot=quota.job_slot(key), bearer=quota.bearer if quota.has_tokens else None)
+            session = HttpSession(self.client, gate=lambda: quota.gate(key.account), poll_wait=poll_wait,
+                                  on_usage=quota.on_usage, job_slot=quota.job_slot(key),
+                                  bearer=quota.bearer if quota.has_tokens else None, retry=quota.retry_hook(key))
         paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day)
         started = time.perf_counter()
         try:

@@ -1,10 +1,24 @@
 """Where every retry decision is made.
 
-``RetryPolicy.decide`` looks an error up in ``DECISION_TABLE`` (first matching class wins;
-the table ends with an explicit default: anything not listed fails, it is never retried
-silently), then computes the wait: the server's hint wins (``Throttled.retry_after`` from
-Retry-After / Google ``retryDelay`` / Meta ``estimated_time_to_regain_access``), otherwise
-exponential backoff with full jitter. A run deadline stops retrying in time for the morning.
+The unit of retry is the failed *request*: ``RetryPolicy.decide_request`` is asked (through the
+media's supervisor) when one request of a report — create, poll, page, download, stream —
+fails, and that request alone is sent again; the report job, the pages already read and the
+cursor are kept. ``RetryPolicy.decide`` is the report-level decision, taken only when the
+platform says the job itself failed or expired (``JobFailed``): then the report starts again
+as a new job. Both look the error up in ``DECISION_TABLE`` (first matching class wins; the table
+ends with an explicit default: anything not listed fails, it is never retried silently), and
+both wait the server's hint when it gives one (``Throttled.retry_after`` from Retry-After /
+Google ``retryDelay`` / Meta ``estimated_time_to_regain_access``), else exponential backoff with
+full jitter. Budgets, each named in the reason when spent (``RetrySettings``):
+
+=====================  =========================================================
+``request_attempts``   attempts of one request
+``malformed_attempts`` reads of a cut or unparseable 200 body (then DataError, body kept)
+``retry_budget``       request retries per report, all requests together
+``max_attempts``       attempts of the whole report (new jobs)
+=====================  =========================================================
+
+A run deadline stops retrying in time for the morning.
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from ingest.errors import (
     DataError,
     FatalError,
     IngestError,
+    JobFailed,
+    Malformed,
     StageError,
     Throttled,
     Timeout,
@@ -35,6 +51,8 @@ DECISION_TABLE: tuple[tuple[type[BaseException], Action, str], ...] = (
     (Throttled, "retry", "throttled by the platform"),
     (Transient, "retry", "transient failure (5xx, outage, dropped connection)"),
     (Timeout, "retry", "request timed out"),
+    (Malformed, "retry", "cut or unparseable body: read again (bounded), every body kept"),
+    (JobFailed, "retry", "the platform's report job failed or expired: a new job"),
     (AuthError, "fail", "authentication/permission failure: retrying cannot help"),
     (BadRequest, "fail", "request rejected as invalid: retrying cannot help"),
     (DataError, "fail", "malformed or drifted payload: raw body kept, report failed"),
@@ -91,12 +109,32 @@ class RetryPolicy:
         raise AssertionError("DECISION_TABLE ends with BaseException")  # pragma: no cover
 
     def decide(self, error: BaseException, attempt: int) -> Decision:
-        """``attempt``: the 1-based number of the attempt that just failed."""
+        """Report level: ``attempt`` is the 1-based number of the report attempt that just failed."""
         action, reason = self.classify(error)
         if action == "fail":
             return Decision("fail", 0.0, reason)
         if attempt >= self.settings.max_attempts:
-            return Decision("fail", 0.0, f"{reason}; gave up after {attempt} attempts (max_attempts)")
+            return Decision("fail", 0.0, f"{reason}; gave up after {attempt} attempts of the report (max_attempts)")
+        return self._wait(error, attempt, reason)
+
+    def decide_request(self, error: BaseException, attempt: int, retries_so_far: int) -> Decision:
+        """Request level: ``attempt`` is the 1-based attempt of this one request that just failed,
+        ``retries_so_far`` the request retries the report has already used."""
+        action, reason = self.classify(error)
+        if action == "fail":
+            return Decision("fail", 0.0, reason)
+        if isinstance(error, JobFailed):  # not a request problem: the report starts again (decide)
+            return Decision("fail", 0.0, reason)
+        s = self.settings
+        if isinstance(error, Malformed) and attempt >= s.malformed_attempts:
+            return Decision("fail", 0.0, f"{reason}; body still malformed after {attempt} reads (malformed_attempts)")
+        if attempt >= s.request_attempts:
+            return Decision("fail", 0.0, f"{reason}; gave up after {attempt} attempts of this request (request_attempts)")
+        if retries_so_far >= s.retry_budget:
+            return Decision("fail", 0.0, f"{reason}; the report's {s.retry_budget} request retries are spent (retry_budget)")
+        return self._wait(error, attempt, reason)
+
+    def _wait(self, error: BaseException, attempt: int, reason: str) -> Decision:
         hint = getattr(error, "retry_after", None)
         if hint is not None and hint > 0:
             if hint > self.settings.max_hint_s:
@@ -104,7 +142,7 @@ class RetryPolicy:
             delay, why = float(hint), f"{reason}; waiting the server's hint {hint:.1f}s"
         else:
             delay = backoff_delay(attempt, self.settings, self.rng)
-            why = f"{reason}; backoff {delay:.2f}s (attempt {attempt}/{self.settings.max_attempts})"
+            why = f"{reason}; backoff {delay:.2f}s (attempt {attempt})"
         if self.deadline is not None and self.clock() + delay > self.deadline:
             return Decision("fail", 0.0, f"{reason}; run deadline reached, not retrying")
         return Decision("retry", delay, why)

@@ -13,14 +13,14 @@ import asyncio
 import itertools
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
 
 from ingest.config import MediaSettings, RestartSettings
-from ingest.errors import AuthError, IngestError, RetriableError, Throttled
+from ingest.errors import AuthError, IngestError, JobFailed, Malformed, RetriableError, Throttled
 from ingest.media.tokens import AccessToken, TokenCache
 from ingest.supervision.breaker import CircuitBreaker
 from ingest.supervision.limiter import JobSlots, RateLimiter
@@ -87,7 +87,8 @@ class MediaSupervisor:
         self.policy = RetryPolicy(settings.retry, deadline=deadline, rng=rng, clock=clock)
         self.limiter = RateLimiter(settings.quota.requests_per_second, settings.quota.burst, clock=clock)
         self.jobs = JobSlots(settings.quota.max_concurrent_jobs)
-        self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock)
+        self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock,
+                                      window_s=settings.breaker.window_s)
         self.restarts = RestartIntensity(settings.restarts, clock=clock)
         self.fetchers: list[FetcherHandle] = []
         self.given_up: str | None = None
@@ -99,20 +100,46 @@ class MediaSupervisor:
         self._restart_locks: dict[int, asyncio.Lock] = {}
         self._in_flight: set[ReportKey] = set()
         self._finished: set[ReportKey] = set()
-        self._throttle_run = 0  # throttles since the last success
-        self.counts = {"done": 0, "failed": 0, "retries": 0, "restarts": 0, "throttled": 0}
+        self._throttle_run = 0  # app-scoped throttles since the last success
+        self._account_pause: dict[str, float] = {}  # account → clock() until which it sends nothing
+        self._attempt_of: dict[ReportKey, int] = {}  # the report attempt a fetcher is working on
+        self._request_retries: Counter[ReportKey] = Counter()
+        self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0}
 
     # -- quota: every request of every fetcher of this media comes through here ----------
-    async def permit(self, utilization: float | None = None) -> float:
+    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
         """Reserve one request of the media's budget; return its send time (``time.time()``).
 
         The caller sleeps until then itself: the reservation travels to the fetcher ahead of
         its slot, so the Ray call's own delivery delay (tens of ms on a busy node) cannot
-        bunch requests together and overrun the platform's window.
+        bunch requests together and overrun the platform's window. An account paused by an
+        account-scoped throttle gets a send time after its pause; other accounts do not wait.
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
+        paused = self._account_pause.get(account, 0.0) - self.clock() if account is not None else 0.0
+        if paused > 0:
+            return time.time() + paused  # its slot is not taken from the media's budget while it waits
         return time.time() + self.limiter.reserve()
+
+    async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str) -> tuple[bool, float, str]:
+        """One request of ``key`` failed retriably: the policy decides whether *that request* is
+        sent again, and after how long. Throttles pause their scope, outages feed the breaker.
+        Returns (retry, delay_s, reason); the reason names the budget when one is spent."""
+        error.with_report(key.media, key.account, key.day.isoformat())
+        self._note_failure(key, error)
+        decision = self.policy.decide_request(error, attempt, self._request_retries[key])
+        report_attempt = self._attempt_of.get(key, 1)
+        log.info("retry_decision", media=self.media, report=str(key), scope="request", request=what, attempt=attempt,
+                 error=error.kind, action=decision.action, delay_s=round(decision.delay_s, 3), reason=decision.reason)
+        if decision.retry and not self.given_up:
+            self._request_retries[key] += 1
+            self.counts["request_retries"] += 1
+            delay = max(decision.delay_s, self.breaker.wait_s() if self.breaker.state == "open" else 0.0)
+            self._emit(Event("request_retry", self.media, key, report_attempt, error_kind=error.kind,
+                             message=f"{what} (attempt {attempt}): {error} → {decision.reason}", delay_s=delay))
+            return True, delay, decision.reason
+        return False, 0.0, self.given_up or decision.reason
 
     async def acquire_job(self, key: ReportKey) -> None:
         """One of the media's ``max_concurrent_jobs`` async-job slots, owned by ``key``."""
@@ -200,6 +227,7 @@ class MediaSupervisor:
             return
         handle = self.fetchers[index]
         self._in_flight.add(key)
+        self._attempt_of[key] = attempt
         try:
             try:
                 result = await handle.fetch(key)
@@ -236,35 +264,56 @@ class MediaSupervisor:
                 return True
             await asyncio.sleep(max(0.05, self.breaker.wait_s()))
 
-    def _throttle_pause(self, err: Throttled) -> None:
-        """Pause the whole media only when throttles come in a row.
+    def _throttle_pause(self, err: Throttled, account: str) -> None:
+        """Pause what the throttle covers, as the platform scoped it.
 
-        One throttle delays only its own report (the policy waits the server's hint before
-        retrying it): platforms also throttle single accounts or answer 429 at random, and
-        stopping every account for each of those would waste the night. ``pause_after_throttles``
-        throttles with no success between them mean the media's budget itself is spent: then
-        every request of the media waits the hint (or the minimum backoff when there is none).
+        Account scope (Meta 17/613/80000–80014, Google ``rateScope: ACCOUNT``): that account
+        sends nothing until the hint has passed; the other accounts go on. App scope (Meta 4,
+        Google ``DEVELOPER``, Yahoo): one throttle delays only its own request (the policy waits
+        the hint), since platforms also answer 429 at random; ``pause_after_throttles`` of them
+        with no success between mean the media's budget itself is spent, and then every
+        request of the media waits the hint (or the minimum backoff when there is none).
         """
+        wait = min(err.retry_after or self.settings.retry.backoff_min_s, self.settings.retry.max_hint_s)
+        if getattr(err, "scope", "app") == "account":
+            self._account_pause[account] = max(self._account_pause.get(account, 0.0), self.clock() + wait)
+            log.warning("account_paused", media=self.media, account=account, scope="account", seconds=round(wait, 2),
+                        reason=err.message[:200])
+            return
         self._throttle_run += 1
         if self._throttle_run >= self.settings.quota.pause_after_throttles:
-            wait = err.retry_after or self.settings.retry.backoff_min_s
-            self.limiter.pause(min(wait, self.settings.retry.max_hint_s))
-            log.warning("media_paused", media=self.media, seconds=round(wait, 2), throttles_in_a_row=self._throttle_run)
+            self.limiter.pause(wait)
+            log.warning("media_paused", media=self.media, scope="app", seconds=round(wait, 2),
+                        throttles_in_a_row=self._throttle_run, reason=err.message[:200])
+
+    def _note_failure(self, key: ReportKey, err: IngestError) -> None:
+        """What a retriable failure tells about the media: throttles pause their scope, and
+        outages (not cut bodies or failed jobs, which say nothing about availability) are
+        evidence for the breaker, which opens only when many accounts see them."""
+        if isinstance(err, Throttled):
+            self.counts["throttled"] += 1
+            self._throttle_pause(err, key.account)
+        if isinstance(err, Malformed | JobFailed):
+            return
+        scope = "app" if isinstance(err, Throttled) and getattr(err, "scope", "app") == "app" else key.account
+        if self.breaker.record_failure(scope):
+            self._open_cycles += 1
+            log.warning("breaker_open", media=self.media, cycle=self._open_cycles, scope="media",
+                        accounts=self.breaker.evidence(), reason=str(err))
+            self._emit(Event("breaker_open", self.media, key, self._attempt_of.get(key, 1), error_kind=err.kind,
+                             message=str(err), extra={"cycle": self._open_cycles}))
+            if self._open_cycles > self.settings.breaker.max_open_cycles:
+                self.given_up = (f"circuit breaker opened {self._open_cycles} times without a success: "
+                                 f"{self.media} API unavailable; last error: {err}")
 
     def _on_error(self, key: ReportKey, attempt: int, err: IngestError) -> None:
         err.with_report(key.media, key.account, key.day.isoformat())
+        spent = getattr(err, "final_reason", None)
+        if spent:  # a request's budget was spent: its failures were counted and decided one by one
+            self._emit(Event("failed", self.media, key, attempt, error_kind=err.kind, message=f"{err} → {spent}"))
+            return
         if isinstance(err, RetriableError):
-            if isinstance(err, Throttled):
-                self.counts["throttled"] += 1
-                self._throttle_pause(err)
-            if self.breaker.record_failure():
-                self._open_cycles += 1
-                log.warning("breaker_open", media=self.media, cycle=self._open_cycles, reason=str(err))
-                self._emit(Event("breaker_open", self.media, key, attempt, error_kind=err.kind, message=str(err),
-                                 extra={"cycle": self._open_cycles}))
-                if self._open_cycles > self.settings.breaker.max_open_cycles:
-                    self.given_up = (f"circuit breaker opened {self._open_cycles} times without a success: "
-                                     f"{self.media} API unavailable; last error: {err}")
+            self._note_failure(key, err)
         else:
             self.breaker.record_neutral()
         decision = self.policy.decide(err, attempt)

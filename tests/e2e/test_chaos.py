@@ -274,8 +274,8 @@ def test_chaos_every_report_exactly_once(stack: Any, sims: Callable[..., None], 
     assert all(s["violations"] == 0 for s in stats.values()), {m: s["violations_by_scope"] for m, s in stats.items()}
     faulted = sum(s["faults_total"] for s in stats.values()) / sum(s["requests"] for s in stats.values())
     assert 0.15 < faulted < 0.25
-    # the ledger shows the retries and the restarts of the killed fetchers
-    assert all(counts[(m, "retry")] > 0 for m in MEDIA)
+    # the ledger shows the retries (of requests, mostly; of whole reports only after a failed job) and restarts
+    assert all(counts[(m, "request_retry")] > 0 for m in MEDIA)
     assert len(chaos.kills) >= 4
     restarts = [e for e in events if e["kind"] == "restart"]
     killed = {pid for pid, _ in chaos.kills}
@@ -351,11 +351,12 @@ def test_media_down_for_the_whole_run_is_partial(stack: Any, sims: Callable[...,
     assert report.media["yahoo_ads"].failed == 4
     failures = [f for f in report.failures if f["media"] == "yahoo_ads"]
     assert len(failures) == 4
-    for f in failures:
+    for f in failures:  # the reason says which limit ended it: the breaker, or the request's own budget
         assert f["error_kind"] in ("transient", "unavailable")
-        assert "circuit breaker opened 3 times without a success: yahoo_ads API unavailable" in f["error_message"]
+        assert ("circuit breaker opened 3 times without a success: yahoo_ads API unavailable" in f["error_message"]
+                or "(request_attempts)" in f["error_message"]), f["error_message"]
     counts, _ = event_counts(cfg, report.run_id)
-    assert counts[("yahoo_ads", "breaker_open")] == 3
+    assert 1 <= counts[("yahoo_ads", "breaker_open")] <= 3  # all four accounts failing: media-wide evidence
     assert counts[("meta", "breaker_open")] == counts[("google_ads", "breaker_open")] == 0
     stats = sim_stats(stack)["yahoo_ads"]
     assert stats["down_rejections"] == stats["requests"] < 4 * 10  # the breaker stopped the hammering

@@ -16,6 +16,7 @@ from ingest.errors import (
     BadRequest,
     ConfigError,
     DataError,
+    Malformed,
     Throttled,
     Transient,
 )
@@ -169,10 +170,13 @@ def test_drift_and_hostile_values_are_data_errors(bad: dict[str, Any]) -> None:
         run(make(GoogleAdsConnector), Script([respond(raw=stream([result(**bad)]))]), "1234567890")
 
 
-@pytest.mark.parametrize("raw", ['[{"results": [', '{"results": []}', "[1]"], ids=["truncated", "object", "not-batch"])
-def test_malformed_200_is_data_error(raw: str) -> None:
-    with pytest.raises(DataError):
+@pytest.mark.parametrize(("raw", "error"), [('[{"results": [', Malformed), ('{"results": []}', DataError),
+                                            ("[1]", DataError)], ids=["truncated", "object", "not-batch"])
+def test_bad_200_bodies(raw: str, error: type[Exception]) -> None:
+    """A cut body is read again (Malformed, retriable); a whole body of the wrong shape is drift."""
+    with pytest.raises(error) as info:
         run(make(GoogleAdsConnector), Script([respond(raw=raw)]), "1234567890")
+    assert type(info.value) is error
 
 
 def test_bad_ids() -> None:

@@ -18,6 +18,8 @@ from ingest.errors import (
     BadRequest,
     ConfigError,
     DataError,
+    JobFailed,
+    Malformed,
     Throttled,
     Transient,
 )
@@ -78,8 +80,8 @@ def test_error_table(status: int, body: Any, headers: dict[str, str], error: typ
     assert (exc.media, exc.account, exc.date) == ("meta", "act_1234", DAY.isoformat())
 
 
-def test_truncated_json_is_data_error() -> None:
-    with pytest.raises(DataError):
+def test_truncated_json_is_malformed_and_read_again() -> None:
+    with pytest.raises(Malformed):
         run(make(MetaConnector), Script([respond(raw='{"data":[{"campaign_id":"1"')]), "1234")
 
 
@@ -209,8 +211,8 @@ def test_async_flow_polls_until_completed() -> None:
 
 
 @pytest.mark.parametrize(("status_body", "error"), [
-    ({"async_status": "Job Failed", "async_percent_completion": 0}, Transient),
-    ({"async_status": "Job Skipped"}, Transient),
+    ({"async_status": "Job Failed", "async_percent_completion": 0}, JobFailed),
+    ({"async_status": "Job Skipped"}, JobFailed),
     ({"async_status": "Job Exploded"}, DataError),
 ])
 def test_async_terminal_states(status_body: dict[str, Any], error: type) -> None:
@@ -221,7 +223,7 @@ def test_async_terminal_states(status_body: dict[str, Any], error: type) -> None
 
 def test_async_poll_limit_and_hostile_run_id() -> None:
     running = [respond(body={"async_status": "Job Running", "async_percent_completion": 10}) for _ in range(3)]
-    with pytest.raises(Transient, match="not complete after 3 polls"):
+    with pytest.raises(JobFailed, match="not complete after 3 polls"):
         run(make(MetaConnector, {"mode": "async", "max_polls": 3}), Script([respond(body={"report_run_id": "1"}), *running]), "1")
     with pytest.raises(DataError):
         run(make(MetaConnector, {"mode": "async"}), Script([respond(body={"report_run_id": "../me"})]), "1")
@@ -298,9 +300,9 @@ def test_official_async_flow_parses_to_rows() -> None:
 
 
 @pytest.mark.parametrize("name", ["report_run_failed.json", "report_run_skipped.json"])
-def test_official_failed_report_runs_are_transient(name: str) -> None:
+def test_official_failed_report_runs_start_a_new_job(name: str) -> None:
     script = Script([respond(raw=fixture("async_create.json")), respond(raw=fixture(name))])
-    with pytest.raises(Transient):
+    with pytest.raises(JobFailed):
         run(make(MetaConnector, {"mode": "async"}), script, FIXTURE_ACCOUNT, FIXTURE_DAY)
 
 

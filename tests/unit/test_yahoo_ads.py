@@ -16,6 +16,8 @@ from ingest.errors import (
     BadRequest,
     ConfigError,
     DataError,
+    JobFailed,
+    Malformed,
     Throttled,
     Transient,
 )
@@ -126,7 +128,7 @@ def test_base_account_and_currency_options() -> None:
 
 
 @pytest.mark.parametrize(("final", "error", "match"), [
-    (definition("FAILED", reportJobErrorDetail="Internal error."), Transient, "Internal error"),
+    (definition("FAILED", reportJobErrorDetail="Internal error."), JobFailed, "Internal error"),
     (definition("UNKNOWN"), DataError, "unknown reportJobStatus"),
     (definition("COMPLETED", accountId=42), DataError, "account"),
     (part_error(err("V0001", "Invalid value.")), BadRequest, "Invalid value"),
@@ -138,12 +140,19 @@ def test_job_terminal_states(final: dict[str, Any], error: type, match: str) -> 
 
 def test_poll_limit() -> None:
     script = Script([respond(body=definition()), *[respond(body=definition("IN_PROGRESS")) for _ in range(2)]])
-    with pytest.raises(Transient, match="not complete after 2 polls"):
+    with pytest.raises(JobFailed, match="not complete after 2 polls"):
         run(make(YahooAdsConnector, {"max_polls": 2}), script, ACCOUNT)
 
 
 HEADER = "Day,CampaignID,Campaign name,Impressions,Clicks,Cost,Conversions\n"
 EN = {"report_language": "EN"}
+
+
+def test_a_csv_cut_in_its_last_line_is_malformed_not_drift() -> None:
+    script = Script([respond(body=definition()), respond(body=definition("COMPLETED")),
+                     respond(raw=HEADER + "2026-03-14,1,a,1,1,1,0\n2026-03-14,2,b,1,")])
+    with pytest.raises(Malformed, match="cut"):
+        run(make(YahooAdsConnector, EN), script, ACCOUNT)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +165,7 @@ EN = {"report_language": "EN"}
         HEADER + "2026-03-14,\"1/../x\",a,1,1,1,0\n",
         HEADER + "2026-03-14,1,a,1.5,1,1,0\n",
         HEADER + "2026-03-14,1,a,1,1,\"1,200\",0\n",
-        HEADER + "2026-03-14,1,a,1,1\n",
+        HEADER + "2026-03-14,1,a,1,1\n2026-03-14,2,b,1,1,1,0\n",
         "",
     ],
     ids=["renamed-cost", "missing-cost", "pre-v20-names", "other-day", "hostile-id", "fractional-imps", "thousands-separator",
@@ -252,7 +261,7 @@ def test_official_error_fixtures_classify(name: str, status: int, error: type, c
     assert type(info.value) is error and info.value.code == code
 
 
-def test_official_failed_job_fixture_is_transient() -> None:
+def test_official_failed_job_fixture_starts_a_new_job() -> None:
     script = Script([respond(raw=fixture("add_response.json")), respond(raw=fixture("get_failed.json"))])
-    with pytest.raises(Transient, match="FAILED"):
+    with pytest.raises(JobFailed, match="FAILED"):
         run(make(YahooAdsConnector), script, FIXTURE_ACCOUNT, FIXTURE_DAY)
