@@ -40,14 +40,15 @@ from sandbox.truth import DENIED_ACCOUNT, DRIFT_ACCOUNT, RESERVED, truth_json
 #: every fault kind a simulator knows; weights of 0 disable a kind
 FAULT_KINDS = ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed", "auth", "drift")
 
-#: by default only faults a healthy pipeline must *recover* from are injected; ``truncated``,
-#: ``auth`` and ``drift`` make a report fail (fatal by our taxonomy), so they are opt-in
+#: by default only faults a healthy pipeline must *recover* from are injected (a body cut short
+#: on 200, as proxies and resets do, is read again); ``auth`` and ``drift`` make a report fail
+#: (fatal by our taxonomy), so they are opt-in
 DEFAULT_FAULT_WEIGHTS = {
     "throttle": 1.0,
     "server_error": 1.0,
     "timeout": 0.5,
     "drop": 1.0,
-    "truncated": 0.0,
+    "truncated": 1.0,
     "job_failed": 1.0,
     "auth": 0.0,
     "drift": 0.0,
@@ -61,6 +62,9 @@ class SimConfig:
     seed: int = 7
     fault_rate: float = 0.0
     faults: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FAULT_WEIGHTS))
+    #: per-kind probability on every request it applies to (e.g. ``{"throttle": 0.1, "truncated": 0.1}``
+    #: = 10 % of each kind); when set, it replaces ``fault_rate`` × ``faults`` weights
+    fault_rates: dict[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     #: requests per second per account / per app (developer token); 0 disables the quota
@@ -95,6 +99,11 @@ class SimConfig:
                 merged = dict(self.faults)
                 merged.update({k: float(v) for k, v in value.items()})
                 value = merged
+            elif key == "fault_rates":
+                bad = sorted(set(value) - set(FAULT_KINDS))
+                if bad or not all(0 <= float(v) <= 1 for v in value.values()):
+                    raise ValueError(f"fault_rates: kinds from {', '.join(FAULT_KINDS)}, each within 0..1")
+                value = {k: float(v) for k, v in value.items()}
             elif key == "fault_rate" and not 0 <= float(value) <= 1:
                 raise ValueError("fault_rate must be within 0..1")
             current = getattr(self, key)
@@ -221,6 +230,12 @@ class Simulator:
 
     def _pick_fault(self, applicable: set[str]) -> str | None:
         cfg = self.config
+        if cfg.fault_rates:  # each kind at its own rate, on every request type it applies to
+            for kind in FAULT_KINDS:
+                rate = cfg.fault_rates.get(kind, 0.0)
+                if rate > 0 and kind in applicable and self.rng.random() < rate:
+                    return kind
+            return None
         roll = self.rng.random()  # always drawn: the sequence does not depend on the config
         if cfg.fault_rate <= 0 or roll >= cfg.fault_rate:
             return None
@@ -268,9 +283,11 @@ class Simulator:
             st["violations"] += 1
             st["violations_by_scope"][over[0]] += 1
             return self._with_usage(self.throttle_error(request, over[0], account, over[1]), account)
-        applicable = {"throttle", "server_error", "timeout", "drop", "auth"}
+        # every request type (create, poll, page, download, stream) can fail any of these ways,
+        # a 200 cut short included; drift only where report data is served
+        applicable = {"throttle", "server_error", "timeout", "drop", "auth", "truncated"}
         if data:
-            applicable |= {"truncated", "drift"}
+            applicable.add("drift")
         if job_create:
             applicable.add("job_failed")
         kind = self._pick_fault(applicable)

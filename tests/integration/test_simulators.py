@@ -122,7 +122,7 @@ def test_some_campaigns_have_zero_metrics() -> None:
         (HOSTILE_ACCOUNT, "s3cr3t-value", DataError),
         (DRIFT_ACCOUNT, "s3cr3t-value", DataError),
         (DENIED_ACCOUNT, "s3cr3t-value", AuthError),
-        (FAILING_ACCOUNT, "s3cr3t-value", Transient),
+        (FAILING_ACCOUNT, "s3cr3t-value", RetriableError),  # Google: 500s; async jobs: JobFailed
         ("1234", "revoked", AuthError),
     ],
 )
@@ -315,3 +315,28 @@ def test_cli_runs_several_simulators_until_sigterm() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("kind", ["truncated", "server_error", "throttle"])
+def test_each_fault_kind_at_its_own_rate_on_every_request_type(kind: str) -> None:
+    """``fault_rates`` injects a kind on create, poll and page alike (a 200 cut short included)."""
+    with run_simulator("meta", seed=7, page_size=2, account_rps=0, app_rps=0) as sim:
+        base = f"{sim.base_url}/{VERSIONS['meta']}"
+        headers = {"Authorization": "Bearer tok-123"}
+        with httpx.Client(timeout=5, headers=headers) as client:
+            params = {"level": "campaign", "time_range": json.dumps({"since": DAY.isoformat(), "until": DAY.isoformat()}),
+                      "time_increment": "1", "fields": "campaign_id,campaign_name,impressions"}
+            created = client.post(f"{base}/act_1234567/insights", data=params).json()
+            sim.configure(fault_rates={kind: 1.0})
+            answers = [client.post(f"{base}/act_1234567/insights", data=params),                     # create
+                       client.get(f"{base}/{created['report_run_id']}"),                               # poll
+                       client.get(f"{base}/act_1234567/insights", params={**params, "limit": "2"})]    # page
+        faults = sim.stats()["faults"]
+    for answer in answers:
+        if kind == "truncated":
+            assert answer.status_code == 200
+            with pytest.raises(ValueError):
+                json.loads(answer.content)
+        else:
+            assert answer.status_code >= 400
+    assert faults == {kind: 3}
