@@ -145,10 +145,10 @@ UsageSink = Callable[[Usage], None]
 JobSlot = Callable[[], AbstractAsyncContextManager[None]]
 #: the media's current access token; given the token a 401 rejected, a fresh one
 BearerSource = Callable[[str | None], Awaitable[str]]
-#: asked after one request failed retriably: (error, attempt of that request, which request) →
-#: seconds to wait before sending it again; raises the final error when a budget is spent.
-#: Supervision plugs its retry policy in here: connectors never decide.
-RequestRetry = Callable[[IngestError, int, str], Awaitable[float]]
+#: asked after one request failed retriably: (error, attempt of that request, which request, cut
+#: bodies read so far for it) → seconds to wait before sending it again; raises the final error
+#: when a budget is spent. Supervision plugs its retry policy in here: connectors never decide.
+RequestRetry = Callable[[IngestError, int, str, int], Awaitable[float]]
 
 T = TypeVar("T")
 
@@ -239,14 +239,15 @@ class HttpSession:
         supervisor's policy gives; what earlier steps got (the report job id, pages read, the
         cursor) stays with the connector. Without a retry hook (plain unit tests), the error
         goes up as before."""
-        attempt = 1
+        attempt, cut = 1, 0
         while True:
             try:
                 return await send()
             except RetriableError as err:
                 if self._retry is None:
                     raise
-                delay = await self._retry(err, attempt, what)  # raises when a budget is spent
+                cut += isinstance(err, Malformed)
+                delay = await self._retry(err, attempt, what, cut)  # raises when a budget is spent
                 self.request_retries += 1
                 attempt += 1
                 if delay > 0:

@@ -45,7 +45,7 @@ class FetcherActor:
         self.quota = QuotaLink(lambda u, a: supervisor.permit.remote(u, a), lambda k: supervisor.acquire_job.remote(k),
                                lambda k: supervisor.release_job.remote(k),
                                (lambda r: supervisor.access_token.remote(r)) if refresh else None,
-                               lambda k, e, n, w: supervisor.request_failed.remote(k, e, n, w))
+                               lambda k, e, n, w, c: supervisor.request_failed.remote(k, e, n, w, c))
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
@@ -127,8 +127,9 @@ class SupervisorActor:
     async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
         return await self.core.permit(utilization, account)
 
-    async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str) -> tuple[bool, float, str]:
-        return await self.core.request_failed(key, error, attempt, what)
+    async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
+                             cut_reads: int = 0) -> tuple[bool, float, str]:
+        return await self.core.request_failed(key, error, attempt, what, cut_reads)
 
     async def acquire_job(self, key: ReportKey) -> None:
         await self.core.acquire_job(key)

@@ -63,7 +63,7 @@ class QuotaLink:
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
-        request_failed: Callable[[ReportKey, IngestError, int, str], Awaitable[tuple[bool, float, str]]] | None = None,
+        request_failed: Callable[[ReportKey, IngestError, int, str, int], Awaitable[tuple[bool, float, str]]] | None = None,
     ) -> None:
         self._permit = permit
         self._request_failed = request_failed
@@ -107,8 +107,8 @@ class QuotaLink:
             return None
         ask = self._request_failed
 
-        async def hook(error: IngestError, attempt: int, what: str) -> float:
-            retry, delay, reason = await ask(key, error, attempt, what)
+        async def hook(error: IngestError, attempt: int, what: str, cut_reads: int) -> float:
+            retry, delay, reason = await ask(key, error, attempt, what, cut_reads)
             if retry:
                 return delay
             final = error

@@ -117,17 +117,18 @@ class RetryPolicy:
             return Decision("fail", 0.0, f"{reason}; gave up after {attempt} attempts of the report (max_attempts)")
         return self._wait(error, attempt, reason)
 
-    def decide_request(self, error: BaseException, attempt: int, retries_so_far: int) -> Decision:
+    def decide_request(self, error: BaseException, attempt: int, retries_so_far: int, cut_reads: int = 0) -> Decision:
         """Request level: ``attempt`` is the 1-based attempt of this one request that just failed,
-        ``retries_so_far`` the request retries the report has already used."""
+        ``retries_so_far`` the request retries the report has already used, ``cut_reads`` how many
+        of this request's answers were cut or unparseable (``Malformed``)."""
         action, reason = self.classify(error)
         if action == "fail":
             return Decision("fail", 0.0, reason)
         if isinstance(error, JobFailed):  # not a request problem: the report starts again (decide)
             return Decision("fail", 0.0, reason)
         s = self.settings
-        if isinstance(error, Malformed) and attempt >= s.malformed_attempts:
-            return Decision("fail", 0.0, f"{reason}; body still malformed after {attempt} reads (malformed_attempts)")
+        if isinstance(error, Malformed) and max(cut_reads, 1) >= s.malformed_attempts:
+            return Decision("fail", 0.0, f"{reason}; body cut or unparseable in {max(cut_reads, 1)} reads (malformed_attempts)")
         if attempt >= s.request_attempts:
             return Decision("fail", 0.0, f"{reason}; gave up after {attempt} attempts of this request (request_attempts)")
         if retries_so_far >= s.retry_budget:

@@ -122,13 +122,14 @@ class MediaSupervisor:
             return time.time() + paused  # its slot is not taken from the media's budget while it waits
         return time.time() + self.limiter.reserve()
 
-    async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str) -> tuple[bool, float, str]:
+    async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
+                             cut_reads: int = 0) -> tuple[bool, float, str]:
         """One request of ``key`` failed retriably: the policy decides whether *that request* is
         sent again, and after how long. Throttles pause their scope, outages feed the breaker.
         Returns (retry, delay_s, reason); the reason names the budget when one is spent."""
         error.with_report(key.media, key.account, key.day.isoformat())
         self._note_failure(key, error)
-        decision = self.policy.decide_request(error, attempt, self._request_retries[key])
+        decision = self.policy.decide_request(error, attempt, self._request_retries[key], cut_reads)
         report_attempt = self._attempt_of.get(key, 1)
         log.info("retry_decision", media=self.media, report=str(key), scope="request", request=what, attempt=attempt,
                  error=error.kind, action=decision.action, delay_s=round(decision.delay_s, 3), reason=decision.reason)

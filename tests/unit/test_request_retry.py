@@ -205,3 +205,14 @@ def test_google_rate_scope_decides_what_pauses(rate_scope: str, scope: str) -> N
                                                       "retryDelay": "12s"}}}]}]}
     out = classify_error(429, err, httpx.Headers(), b"{}")
     assert isinstance(out, Throttled) and out.scope == scope and out.retry_after == 12
+
+
+def test_the_cut_body_budget_counts_cut_reads_not_other_failures() -> None:
+    """Two 503s then one cut body: one cut read of two allowed, so the request is read again."""
+    sup = supervisor("google_ads", malformed_attempts=2)
+    unavailable = {"error": {"code": 503, "message": "down", "status": "UNAVAILABLE"}}
+    batch = [{"results": [], "fieldMask": "campaign.id", "requestId": "r1"}]
+    script = Script([respond(503, unavailable), respond(503, unavailable), respond(raw='[{"results": ['),
+                     respond(body=batch)])
+    rows, session = fetch(sup, make(GoogleAdsConnector), script, "1234567890")
+    assert rows == [] and session.request_retries == 3 and len(script.requests) == 4
