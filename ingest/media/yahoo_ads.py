@@ -279,6 +279,8 @@ class YahooAdsConnector(Connector):
         header = [h.strip() for h in records[0]]
         columns = self.columns
         missing = [name for name in columns.values() if name not in header]
+        if missing and len(records) == 1 and not raw.endswith(b"\n"):  # cut inside the header line itself
+            raise Malformed(f"report CSV cut in its header line after {len(raw)} bytes", body=raw)
         if missing:
             raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); header: {header}", body=raw)
         col = {field: header.index(name) for field, name in columns.items()}

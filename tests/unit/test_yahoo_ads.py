@@ -148,6 +148,12 @@ HEADER = "Day,CampaignID,Campaign name,Impressions,Clicks,Cost,Conversions\n"
 EN = {"report_language": "EN"}
 
 
+def test_a_csv_cut_in_its_header_line_is_malformed_not_drift() -> None:
+    script = Script([respond(body=definition()), respond(body=definition("COMPLETED")), respond(raw=HEADER[:30])])
+    with pytest.raises(Malformed, match="header"):
+        run(make(YahooAdsConnector, EN), script, ACCOUNT)
+
+
 def test_a_csv_cut_in_its_last_line_is_malformed_not_drift() -> None:
     script = Script([respond(body=definition()), respond(body=definition("COMPLETED")),
                      respond(raw=HEADER + "2026-03-14,1,a,1,1,1,0\n2026-03-14,2,b,1,")])
