@@ -48,6 +48,7 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     for rate in (0.10, 0.20):
         out.append((f"faults {rate:.0%}", {
             "kind": "pipeline", **nightly, "fault_rate": rate, "faults": RECOVERABLE, "meta_mode": "async",
+            "quota_margin": 1.0,  # configured quota = the server's, exactly
             "page_size": 2}))
     days = 10
     for frac, label in ((0.25, "scale ¼"), (0.5, "scale ½"), (1.0, "scale")):

@@ -84,6 +84,10 @@ class QuotaSettings(Strict):
     requests_per_second: float = Field(10.0, gt=0)
     burst: int = Field(5, ge=1)
     max_concurrent_jobs: int = Field(4, ge=1, description="async report jobs in flight at once")
+    window_s: float = Field(1.0, gt=0, description="the window the platform counts requests_per_second in")
+    arrival_jitter_s: float = Field(0.02, ge=0, le=1, description="how much the network may shift arrivals: any "
+                                    "window of sends is kept 2 × this longer, so the platform never sees a burst "
+                                    "we did not send (requests_per_second can equal the platform's quota)")
     poll_min_s: float = Field(0.2, gt=0)
     poll_max_s: float = Field(30.0, gt=0)
     pause_after_throttles: int = Field(

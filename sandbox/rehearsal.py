@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray reads it at import: the cluster uses token auth
+if __name__ == "__main__":  # only as a program: Ray reads it once per process, and the cluster uses token auth
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # (imported by tests, it must not change their local Ray)
 
 import argparse  # noqa: E402
 import re  # noqa: E402

@@ -30,13 +30,22 @@ class RateLimiter:
     MIN_FACTOR = 0.1
     WINDOW_S = 2.0
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 window_s: float = 1.0, jitter_s: float = 0.0) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.base_rate = rate
         self.rate = rate
         self.burst = burst
         self.clock = clock
+        # Platforms count requests by *arrival* in a window: sends spaced exactly at the rate
+        # arrive bunched by the network's jitter. So any ``window_limit`` consecutive sends span
+        # at least window + 2 × jitter: then no window of the platform sees more than its quota,
+        # even with the configured rate equal to it (costs ≈ 2 × jitter per window of throughput).
+        self.window_s = window_s
+        self.guard_s = 2 * jitter_s
+        self.window_limit = max(1, int(rate * window_s + 1e-9))
+        self._recent: deque[float] = deque(maxlen=self.window_limit)
         self._tat = clock()  # theoretical arrival time of the next permit at the current rate
         self._paused_until = 0.0
         self.granted = 0
@@ -50,6 +59,10 @@ class RateLimiter:
         interval = 1.0 / self.rate
         tat = max(self._tat, start)
         send_at = max(start, tat - (self.burst - 1) * interval)
+        if len(self._recent) == self.window_limit:  # the window guard (see __init__)
+            send_at = max(send_at, self._recent[0] + self.window_s + self.guard_s)
+            tat = max(tat, send_at)
+        self._recent.append(send_at)
         self._tat = tat + interval
         self.granted += 1
         self._sends.append(send_at)

@@ -85,7 +85,9 @@ class MediaSupervisor:
         self.spawn = spawn
         self.clock = clock
         self.policy = RetryPolicy(settings.retry, deadline=deadline, rng=rng, clock=clock)
-        self.limiter = RateLimiter(settings.quota.requests_per_second, settings.quota.burst, clock=clock)
+        q = settings.quota
+        self.limiter = RateLimiter(q.requests_per_second, q.burst, clock=clock, window_s=q.window_s,
+                                   jitter_s=q.arrival_jitter_s)
         self.jobs = JobSlots(settings.quota.max_concurrent_jobs)
         self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock,
                                       window_s=settings.breaker.window_s)
@@ -117,9 +119,10 @@ class MediaSupervisor:
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
-        paused = self._account_pause.get(account, 0.0) - self.clock() if account is not None else 0.0
-        if paused > 0:
-            return time.time() + paused  # its slot is not taken from the media's budget while it waits
+        while account is not None and (paused := self._account_pause.get(account, 0.0) - self.clock()) > 0:
+            # held here, then given a slot of the media's schedule like any request: a paused
+            # account's requests never go out together when its pause ends
+            await asyncio.sleep(paused)
         return time.time() + self.limiter.reserve()
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,

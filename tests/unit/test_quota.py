@@ -191,3 +191,27 @@ def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
     assert state["peak"] == 3  # bounded, and actually reached
     assert state["open"] == 0 and sup.jobs.in_use == 0
     assert sup.limiter.granted == state["requests"] == 12 * 3  # add + poll + download: every one gated
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(10.0, 3), (12.0, 1), (36.0, 5)])
+def test_configured_quota_equal_to_the_servers_survives_arrival_jitter(rate: float, burst: int) -> None:
+    """The server counts arrivals per sliding second; the network shifts each by up to ±J. With
+    the window guard no second ever holds more than the quota; without it, it does (the test
+    can fail)."""
+    import random
+
+    jitter = 0.02
+
+    def max_arrivals(guarded: bool) -> int:
+        clock = FakeClock()
+        lim = RateLimiter(rate, burst, clock=clock, jitter_s=jitter if guarded else 0.0)
+        rng = random.Random(5)
+        sends = []
+        for _ in range(int(rate * 60)):  # a minute of demand far above the quota
+            sends.append(clock.t + lim.reserve())
+            clock.t += rng.uniform(0, 0.2 / rate)
+        arrivals = [s + rng.uniform(-jitter, jitter) for s in sends]
+        return max_in_window(arrivals)
+
+    assert max_arrivals(guarded=True) <= rate
+    assert max_arrivals(guarded=False) > rate  # what the issue saw: 1–3 throttles of our own
