@@ -285,28 +285,39 @@ class YahooAdsConnector(Connector):
             raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); header: {header}", body=raw)
         col = {field: header.index(name) for field, name in columns.items()}
         rows = []
+        # a report ends with a newline: a last line without one was cut, so whatever fails to
+        # parse in it is a cut body (read again), not drift
+        unterminated = not raw.endswith(b"\n")
         for n, record in enumerate(records[1:], start=2):
-            if len(record) != len(header):
-                if n == len(records) and len(record) < len(header):  # the last line, short: the body was cut
-                    raise Malformed(f"report CSV cut: last line has {len(record)} of {len(header)} cells", body=raw)
-                raise DataError(f"CSV row has {len(record)} cells, header has {len(header)}", body=raw)
-            if not any(record[col[f]].strip() for f in NON_METRIC):
-                continue  # the summary row: metric totals, attribute/segment columns empty
-            row_day = _parse_day(record[col["DAY"]].strip())
-            if row_day != day:
-                raise DataError(f"row for {record[col['DAY']][:20]!r} in a report for {day}", body=raw)
-            rows.append(
-                Row(
-                    date=day,
-                    media=self.media,
-                    account_id=account,
-                    campaign_id=check_id(record[col["CAMPAIGN_ID"]].strip(), "campaign id"),
-                    campaign_name=record[col["CAMPAIGN_NAME"]],
-                    impressions=parse_int(record[col["IMPS"]].strip(), "Impressions"),
-                    clicks=parse_int(record[col["CLICKS"]].strip(), "Clicks"),
-                    spend=parse_decimal(record[col["COST"]].strip(), "Cost"),
-                    conversions=parse_decimal(record[col["CONVERSIONS"]].strip(), "Conversions"),
-                    currency=self.currency,
-                )
-            )
+            try:
+                row = self._row(record, header, col, account, day, raw)
+            except DataError as exc:
+                if n == len(records) and unterminated:
+                    raise Malformed(f"report CSV cut in its last line: {exc.message}", body=raw) from None
+                raise
+            if row is not None:
+                rows.append(row)
         return rows
+
+    def _row(self, record: list[str], header: list[str], col: dict[str, int], account: str, day: date,
+             raw: bytes) -> Row | None:
+        """One CSV line as a Row; None for the documented summary row (totals, no attributes)."""
+        if len(record) != len(header):
+            raise DataError(f"CSV row has {len(record)} cells, header has {len(header)}", body=raw)
+        if not any(record[col[f]].strip() for f in NON_METRIC):
+            return None
+        row_day = _parse_day(record[col["DAY"]].strip())
+        if row_day != day:
+            raise DataError(f"row for {record[col['DAY']][:20]!r} in a report for {day}", body=raw)
+        return Row(
+            date=day,
+            media=self.media,
+            account_id=account,
+            campaign_id=check_id(record[col["CAMPAIGN_ID"]].strip(), "campaign id"),
+            campaign_name=record[col["CAMPAIGN_NAME"]],
+            impressions=parse_int(record[col["IMPS"]].strip(), "Impressions"),
+            clicks=parse_int(record[col["CLICKS"]].strip(), "Clicks"),
+            spend=parse_decimal(record[col["COST"]].strip(), "Cost"),
+            conversions=parse_decimal(record[col["CONVERSIONS"]].strip(), "Conversions"),
+            currency=self.currency,
+        )

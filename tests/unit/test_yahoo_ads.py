@@ -154,9 +154,10 @@ def test_a_csv_cut_in_its_header_line_is_malformed_not_drift() -> None:
         run(make(YahooAdsConnector, EN), script, ACCOUNT)
 
 
-def test_a_csv_cut_in_its_last_line_is_malformed_not_drift() -> None:
+@pytest.mark.parametrize("cut", ["2026-03-14,2,b,1,", "2026-03-14,2,b,1,1,1,", "2026-03-14,2,b,1,1,1,0.5e"])
+def test_a_csv_cut_in_its_last_line_is_malformed_not_drift(cut: str) -> None:
     script = Script([respond(body=definition()), respond(body=definition("COMPLETED")),
-                     respond(raw=HEADER + "2026-03-14,1,a,1,1,1,0\n2026-03-14,2,b,1,")])
+                     respond(raw=HEADER + "2026-03-14,1,a,1,1,1,0\n" + cut)])
     with pytest.raises(Malformed, match="cut"):
         run(make(YahooAdsConnector, EN), script, ACCOUNT)
 
