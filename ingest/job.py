@@ -264,7 +264,9 @@ class NightlyJob:
             self.ledger.apply(run_id, event)
         if event.kind == "breaker_open":
             self.notifier.breaker_open(run_id, event)  # background thread; never raises
-        if event.kind == "retry" and event.key:
+        if event.kind == "request_retry":
+            summary.retries += 1  # one request sent again; the report's attempt stays
+        elif event.kind == "retry" and event.key:
             summary.retries += 1
             next_attempt[event.key] = event.attempt + 1
         elif event.kind == "restart":

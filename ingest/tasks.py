@@ -34,7 +34,7 @@ class ReportResult:
     elapsed_s: float
 
 
-EventKind = Literal["done", "failed", "retry", "restart", "breaker_open", "breaker_closed", "escalated"]
+EventKind = Literal["done", "failed", "retry", "request_retry", "restart", "breaker_open", "breaker_closed", "escalated"]
 
 
 @dataclass(frozen=True, slots=True)
