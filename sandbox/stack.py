@@ -138,12 +138,12 @@ class LocalStack:
             ],
             env,
         )
-        if s.sim_ports:
-            cmd = [sys.executable, "-m", "sandbox.simulators", "--seed", str(s.seed),
-                   "--fault-rate", str(s.fault_rate), "--latency-ms", str(s.latency_ms)]
-            for media, port in s.sim_ports.items():
-                cmd += ["--port", f"{media}={port}"]
-            pids["simulators"] = self._spawn("simulators", cmd)
+        for media, port in s.sim_ports.items():
+            # one process per platform, as the real APIs are separate servers: a busy event loop of
+            # one simulator must not shift the arrival times (and so the quota windows) of another
+            cmd = [sys.executable, "-m", "sandbox.simulators", "--seed", str(s.seed), "--fault-rate", str(s.fault_rate),
+                   "--latency-ms", str(s.latency_ms), "--port", f"{media}={port}"]
+            pids[f"simulator-{media}"] = self._spawn(f"simulator-{media}", cmd)
         self.state_file.write_text(json.dumps({"pids": pids, "spec": {**asdict(s), "root": str(s.root)}}, indent=2))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -157,7 +157,7 @@ class LocalStack:
         health = self.health()
         self.down()
         bad = [n for n, ok in health.items() if not ok]
-        logs = ", ".join(str(self.log_dir / f"{n.split(':')[0]}.log") for n in bad)
+        logs = ", ".join(str(self.log_dir / f"{n.replace(':', '-')}.log") for n in bad)
         raise ConfigError(f"local stack did not become healthy: {', '.join(bad)} (see {logs})")
 
     def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
