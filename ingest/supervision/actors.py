@@ -129,7 +129,10 @@ class SupervisorActor:
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
                              cut_reads: int = 0) -> tuple[bool, float, str]:
-        return await self.core.request_failed(key, error, attempt, what, cut_reads)
+        # a call from a fetcher runs outside run()'s context: bind the run and report for its log lines
+        with structlog.contextvars.bound_contextvars(**self._log_context, media=self.media, account=key.account,
+                                                     date=key.day.isoformat(), attempt=attempt):
+            return await self.core.request_failed(key, error, attempt, what, cut_reads)
 
     async def acquire_job(self, key: ReportKey) -> None:
         await self.core.acquire_job(key)
@@ -138,7 +141,8 @@ class SupervisorActor:
         await self.core.release_job(key)
 
     async def access_token(self, rejected: str | None = None) -> AccessToken | IngestError:
-        return await self.core.access_token(rejected)
+        with structlog.contextvars.bound_contextvars(**self._log_context, media=self.media):
+            return await self.core.access_token(rejected)
 
     async def status(self) -> dict[str, Any]:
         return self.core.status()
