@@ -31,7 +31,6 @@ import httpx
 from ingest.config import ACCOUNT_RE
 from ingest.errors import (
     JobFailed,
-    Malformed,
     AuthError,
     BadRequest,
     ConfigError,
@@ -40,7 +39,7 @@ from ingest.errors import (
     Throttled,
     Transient,
 )
-from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, Usage, parse_decimal, parse_int
+from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, Usage, parse_decimal, parse_int, parse_json
 from ingest.media.versions import ApiVersion
 
 #: app (4), user (17), page (32), ad account (613) and business-use-case (80000–80014) limits
@@ -182,10 +181,7 @@ def classify(response: httpx.Response) -> IngestError | None:
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = json.loads(response.content)
-    except ValueError as exc:
-        raise Malformed(f"malformed JSON body: {exc}", status=response.status_code, body=response.content) from None
+    body = parse_json(response)  # a cut body: Malformed, read again
     if not isinstance(body, dict):
         raise DataError("expected a JSON object", status=response.status_code, body=response.content)
     return body

@@ -38,7 +38,7 @@ import httpx
 
 from ingest.config import ACCOUNT_RE
 from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, JobFailed, Malformed, Throttled, Transient
-from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int
+from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int, parse_json
 from ingest.media.versions import ApiVersion
 
 FIELDS = ("DAY", "CAMPAIGN_ID", "CAMPAIGN_NAME", "IMPS", "CLICKS", "COST", "CONVERSIONS")
@@ -185,10 +185,7 @@ class YahooAdsConnector(Connector):
     async def _envelope_once(self, http: HttpSession, op: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST and return the single ``rval.values[0]`` (Full and Part errors classified)."""
         response = await self._post(http, op, account, body)
-        try:
-            env = json.loads(response.content)
-        except ValueError as exc:
-            raise Malformed(f"malformed JSON body: {exc}", status=200, body=response.content) from None
+        env = parse_json(response)  # a cut body: Malformed, read again (only 200s get here)
         if not isinstance(env, dict):
             raise DataError("envelope is not a JSON object", status=200, body=response.content)
         if env.get("errors"):  # "Full Error": HTTP 200, whole request refused

@@ -204,6 +204,8 @@ class MediaSupervisor:
                 log.error("duplicate_terminal_event", media=self.media, report=str(event.key), kind=event.kind)
                 return
             self._finished.add(event.key)  # type: ignore[arg-type]
+            self._attempt_of.pop(event.key, None)  # type: ignore[arg-type]  # per-report state ends with it
+            self._request_retries.pop(event.key, None)  # type: ignore[arg-type]
             self._pending -= 1
             self.counts[event.kind] += 1
         self._events.put_nowait(event)
@@ -279,7 +281,7 @@ class MediaSupervisor:
         request of the media waits the hint (or the minimum backoff when there is none).
         """
         wait = min(err.retry_after or self.settings.retry.backoff_min_s, self.settings.retry.max_hint_s)
-        if getattr(err, "scope", "app") == "account":
+        if err.scope == "account":
             self._account_pause[account] = max(self._account_pause.get(account, 0.0), self.clock() + wait)
             log.warning("account_paused", media=self.media, account=account, scope="account", seconds=round(wait, 2),
                         reason=err.message[:200])
@@ -299,7 +301,7 @@ class MediaSupervisor:
             self._throttle_pause(err, key.account)
         if isinstance(err, Malformed | JobFailed):
             return
-        scope = "app" if isinstance(err, Throttled) and getattr(err, "scope", "app") == "app" else key.account
+        scope = "app" if isinstance(err, Throttled) and err.scope == "app" else key.account
         if self.breaker.record_failure(scope):
             self._open_cycles += 1
             log.warning("breaker_open", media=self.media, cycle=self._open_cycles, scope="media",
