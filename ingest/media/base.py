@@ -135,8 +135,10 @@ class RawPage:
         return {"method": self.method, "url": self.url, "status": self.status, "elapsed_ms": round(self.elapsed_ms, 1), "body": body}
 
 
-#: awaited before every request; supervision plugs its rate limiter in here
-Gate = Callable[[], Awaitable[None]]
+#: awaited before every request; supervision plugs its rate limiter in here. Returns the latest
+#: ``time.time()`` at which the request may still go out (None: any time); past it, the
+#: session asks the gate again rather than send late and bunched with later permits
+Gate = Callable[[], Awaitable[float | None]]
 #: awaited between polls of an async report job; supervision decides the interval
 PollWait = Callable[[int], Awaitable[None]]
 #: called with the usage a response reported
@@ -153,7 +155,7 @@ RequestRetry = Callable[[IngestError, int, str, int], Awaitable[float]]
 T = TypeVar("T")
 
 
-async def _no_gate() -> None:
+async def _no_gate() -> float | None:
     return None
 
 
@@ -171,6 +173,10 @@ class HttpSession:
     (3) translates transport failures into our taxonomy, the only place that knows httpx
     exceptions.
     """
+
+    #: permits given up in a row for being late before a request goes out anyway (a process so
+    #: busy that every permit is late must still make progress)
+    MAX_LATE_PERMITS = 3
 
     def __init__(
         self,
@@ -193,6 +199,7 @@ class HttpSession:
         self._job_slot = job_slot
         self.pages: list[RawPage] = []
         self.requests = 0
+        self.late_permits = 0
 
     async def request(
         self,
@@ -213,11 +220,15 @@ class HttpSession:
     async def _send(self, method: str, url: str, params: Mapping[str, Any] | None, json_body: Any,
                     data: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
                     rejected: str | None) -> tuple[httpx.Response, str | None]:
-        await self._gate()
         token = None
-        if self._bearer is not None:  # refresh-token credentials: asked after the gate, so never stale on send
-            token = await self._bearer(rejected)
-            headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
+        for late in range(self.MAX_LATE_PERMITS + 1):
+            latest = await self._gate()
+            if self._bearer is not None:  # refresh-token credentials: asked after the gate, so never stale on send
+                token = await self._bearer(rejected)
+                headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
+            if latest is None or time.time() <= latest or late == self.MAX_LATE_PERMITS:
+                break
+            self.late_permits += 1  # its slot passed while this process was busy: take a new one
         self.requests += 1
         started = time.perf_counter()
         try:

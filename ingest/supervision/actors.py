@@ -45,7 +45,8 @@ class FetcherActor:
         self.quota = QuotaLink(lambda u, a: supervisor.permit.remote(u, a), lambda k: supervisor.acquire_job.remote(k),
                                lambda k: supervisor.release_job.remote(k),
                                (lambda r: supervisor.access_token.remote(r)) if refresh else None,
-                               lambda k, e, n, w, c: supervisor.request_failed.remote(k, e, n, w, c))
+                               lambda k, e, n, w, c: supervisor.request_failed.remote(k, e, n, w, c),
+                               late_s=settings.quota.late_send_s)
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),

@@ -64,8 +64,10 @@ class QuotaLink:
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
         request_failed: Callable[[ReportKey, IngestError, int, str, int], Awaitable[tuple[bool, float, str]]] | None = None,
+        late_s: float = 0.02,
     ) -> None:
         self._permit = permit
+        self._late_s = late_s
         self._request_failed = request_failed
         self._acquire_job = acquire_job
         self._release_job = release_job
@@ -89,12 +91,16 @@ class QuotaLink:
         self._token = got
         return got.value.get()
 
-    async def gate(self, account: str | None = None) -> None:
+    async def gate(self, account: str | None = None) -> float:
+        """Wait for this request's slot of the media's schedule; return the latest time it may
+        still be sent (its slot + ``late_send_s``): a send later than that would arrive bunched
+        with the next permits and overrun the platform's window."""
         utilization, self._utilization = self._utilization, None
         send_at = await self._permit(utilization, account)
         delay = (send_at or 0.0) - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        return (send_at or time.time()) + self._late_s
 
     def on_usage(self, usage: Usage) -> None:
         self._utilization = max(self._utilization or 0.0, usage.utilization)

@@ -31,7 +31,7 @@ class RateLimiter:
     WINDOW_S = 2.0
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 window_s: float = 1.0, jitter_s: float = 0.0) -> None:
+                 window_s: float = 1.0, jitter_s: float = 0.0, late_s: float = 0.0) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.base_rate = rate
@@ -42,8 +42,10 @@ class RateLimiter:
         # arrive bunched by the network's jitter. So any ``window_limit`` consecutive sends span
         # at least window + 2 × jitter: then no window of the platform sees more than its quota,
         # even with the configured rate equal to it (costs ≈ 2 × jitter per window of throughput).
+        # A sender may also use its permit up to ``late_s`` after its send time (a busy process;
+        # later than that it takes a new permit, see QuotaLink.gate), so that is added too.
         self.window_s = window_s
-        self.guard_s = 2 * jitter_s
+        self.guard_s = 2 * jitter_s + late_s
         self.window_limit = max(1, int(rate * window_s + 1e-9))
         self._recent: deque[float] = deque(maxlen=self.window_limit)
         self._tat = clock()  # theoretical arrival time of the next permit at the current rate

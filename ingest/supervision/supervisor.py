@@ -87,7 +87,7 @@ class MediaSupervisor:
         self.policy = RetryPolicy(settings.retry, deadline=deadline, rng=rng, clock=clock)
         q = settings.quota
         self.limiter = RateLimiter(q.requests_per_second, q.burst, clock=clock, window_s=q.window_s,
-                                   jitter_s=q.arrival_jitter_s)
+                                   jitter_s=q.arrival_jitter_s, late_s=q.late_send_s)
         self.jobs = JobSlots(settings.quota.max_concurrent_jobs)
         self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock,
                                       window_s=settings.breaker.window_s)

@@ -215,3 +215,51 @@ def test_configured_quota_equal_to_the_servers_survives_arrival_jitter(rate: flo
 
     assert max_arrivals(guarded=True) <= rate
     assert max_arrivals(guarded=False) > rate  # what the issue saw: 1–3 throttles of our own
+
+
+def test_a_late_permit_is_given_up_not_sent_bunched() -> None:
+    """A permit used after its slot + late_send_s (the process was busy) is dropped and a new
+    one taken: sending it late would put it next to the following permits in the platform's
+    window. The measured cause of the bench's last self-caused throttles."""
+    calls: list[float] = []
+
+    async def permit(_u: float | None, _a: str | None) -> float:
+        calls.append(time.time())
+        # the first permit's slot is already 50 ms past when it arrives; the next is on time
+        return time.time() - (0.05 if len(calls) == 1 else 0.0)
+
+    async def _job(_k: Any) -> None:
+        return None
+
+    link = QuotaLink(permit, _job, _job, late_s=0.02)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={})
+
+    async def go() -> HttpSession:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            session = HttpSession(client, gate=link.gate)
+            await session.request("GET", "http://api.test/x")
+            return session
+
+    session = asyncio.run(go())
+    assert len(calls) == 2 and session.late_permits == 1 and session.requests == 1
+
+
+def test_a_process_always_late_still_sends() -> None:
+    async def permit(_u: float | None, _a: str | None) -> float:
+        return time.time() - 1.0
+
+    async def _job(_k: Any) -> None:
+        return None
+
+    link = QuotaLink(permit, _job, _job, late_s=0.02)
+
+    async def go() -> HttpSession:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as client:
+            session = HttpSession(client, gate=link.gate)
+            await session.request("GET", "http://api.test/x")
+            return session
+
+    session = asyncio.run(go())
+    assert session.late_permits == HttpSession.MAX_LATE_PERMITS and session.requests == 1
