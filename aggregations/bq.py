@@ -2,10 +2,11 @@
 
 Idempotency per (media, date), and why it looks like this:
 
-- One load job per (media table, date) from the partition's wildcard URI, never per account:
-  real BigQuery allows 1,500 load jobs per table per day, failed ones included.
-- The load goes into a per-partition staging table with WRITE_TRUNCATE, then ONE script
-  ``BEGIN; DELETE that date; INSERT FROM staging; COMMIT`` swaps the date's rows atomically.
+- One load job per media table per run, over every changed date's CSVs, never per account
+  or per date: real BigQuery allows 1,500 load jobs per table per day, failed ones included,
+  and a nightly refetch window touches up to 30 dates.
+- The load goes into a staging table with WRITE_TRUNCATE, then ONE script
+  ``BEGIN; DELETE those dates; INSERT FROM staging; COMMIT`` swaps their rows atomically.
   A partition decorator (``raw_meta$20260131`` + WRITE_TRUNCATE) would be simpler on real
   BigQuery, but bqemulator rejects decorators and truncates whole tables, and we need one
   mechanism that runs on both. Re-running a partition therefore replaces it, never appends.
@@ -145,8 +146,9 @@ class BigQueryStage:
         return f"{self.project}.{self.dataset}.{table}"
 
     @staticmethod
-    def staging_table(media: str, day: date) -> str:
-        return f"_stage_{check_name(media, 'media')}_{day:%Y%m%d}"
+    def staging_table(media: str, day: date, last: date | None = None) -> str:
+        span = f"{day:%Y%m%d}" if last is None or last == day else f"{day:%Y%m%d}_{last:%Y%m%d}"
+        return f"_stage_{check_name(media, 'media')}_{span}"
 
     def job_id(self, kind: str, key: str, attempt: int) -> str:
         return f"ingest_{kind}_{key}_{self._run}_{attempt}"
@@ -229,17 +231,24 @@ class BigQueryStage:
 
     # -- load -------------------------------------------------------------------------------
     def load_partition(self, media: str, day: date, uri: str | list[str]) -> int:
-        """Load one (media, date) from its wildcard URI (or its list of object URIs) in one load
-        job and swap it into ``raw_{media}``.
+        """One (media, date): see ``load_partitions``."""
+        return self.load_partitions(media, [day], uri)
 
-        Returns the rows the load job read. The date and media are rendered as literals in
-        the script because bqemulator rejects query parameters inside multi-statement
-        scripts; they come from a ``datetime.date`` and a checked name, never from a string.
+    def load_partitions(self, media: str, days: list[date], uri: str | list[str]) -> int:
+        """Load a media's dates from their CSVs in ONE load job and swap them into ``raw_{media}``.
+
+        A night that refetches a 30-day window still costs one load job per media table (real
+        BigQuery allows 1,500 per table per day, failed ones included), and one script
+        replaces exactly those dates. Returns the rows the load job read. Dates and media are
+        rendered as literals because bqemulator rejects query parameters inside
+        multi-statement scripts; they come from ``datetime.date`` values and a checked name.
         """
-        if not isinstance(day, date) or isinstance(day, datetime):
-            raise TypeError("day must be a datetime.date")
-        key = f"{check_name(media, 'media')}_{day:%Y%m%d}"
-        stage = self.staging_table(media, day)
+        days = sorted(set(days))
+        if not days or any(not isinstance(d, date) or isinstance(d, datetime) for d in days):
+            raise TypeError("days must be datetime.date values")
+        first, last = days[0], days[-1]
+        key = f"{check_name(media, 'media')}_{first:%Y%m%d}" + (f"_{last:%Y%m%d}_{len(days)}" if len(days) > 1 else "")
+        stage = self.staging_table(media, first, last)
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.CSV,
             skip_leading_rows=1,  # the header row; bqemulator reads it itself, real BQ needs this
@@ -252,20 +261,24 @@ class BigQueryStage:
         def submit(job_id: str) -> Any:
             return self.client.load_table_from_uri(uri, self.ref(stage), job_id=job_id, job_config=config, location=self.location)
 
-        job = self.run_job("load", key, f"load {media} {day}", submit, "load")
+        what = f"{first}" if len(days) == 1 else f"{len(days)} dates {first}..{last}"
+        job = self.run_job("load", key, f"load {media} {what}", submit, "load")
         self._expire(stage)
         rows = int(job.output_rows or 0)
         raw = table_ref(self.project, self.dataset, raw_table(media))
         staged = table_ref(self.project, self.dataset, stage)
         cols = ", ".join(RAW_COLUMNS)
-        day_lit = f"DATE '{day.isoformat()}'"
+        if len(days) == 1:
+            dates = f"date = DATE '{first.isoformat()}'"
+        else:
+            dates = "date IN (" + ", ".join(f"DATE '{d.isoformat()}'" for d in days) + ")"
         script = (
             "BEGIN TRANSACTION;\n"
-            f"DELETE FROM {raw} WHERE date = {day_lit};\n"
-            # rows of another date/media in this partition's files are not inserted; the
-            # reconciliation then reports the row-count mismatch instead of corrupting a day
+            f"DELETE FROM {raw} WHERE {dates};\n"
+            # rows of another date/media in these files are not inserted; the reconciliation
+            # then reports the row-count mismatch instead of corrupting a day
             f"INSERT INTO {raw} ({cols})\nSELECT {cols} FROM {staged}\n"
-            f"WHERE date = {day_lit} AND media = '{media}';\n"
+            f"WHERE {dates} AND media = '{media}';\n"
             "COMMIT TRANSACTION;"
         )
         self._run_query("merge", key, script)

@@ -12,7 +12,8 @@ Scope of each write, so a re-run of one media never touches another media's rows
 - mart_mtd_advertiser_media: the as-of dates loaded now, plus the later as-of dates of the
   same month that are already published (their month-to-date includes the re-loaded day).
 
-BigQuery jobs per run: 1 (advertiser mapping) + 2·L (load + merge per partition with CSVs)
+BigQuery jobs per run: 1 (advertiser mapping) + 2·M (one load + one merge per media table with
+changed dates, whatever their number)
 + 3·D (daily campaign, daily advertiser, raw totals per loaded date) + A (MTD as-of dates),
 plus retries. No Ray here: this is plain code the driver may run anywhere.
 """
@@ -229,21 +230,25 @@ def _run(
             fail(to_load, f"setup: create mart tables: {type(exc).__name__}: {exc}")
             return out
 
-    # 3. One load + one swap script per partition.
+    # 3. One load + one swap script per media table, over all of its changed dates.
     loaded: list[Partition] = []
     with step("load"):
+        by_media: dict[str, list[Partition]] = defaultdict(list)
         for p in to_load:
-            media, day = p
+            by_media[p[0]].append(p)
+        for media, mine in sorted(by_media.items()):
             try:
-                # still one load job per (media, date), over exactly the objects reconciled above;
-                # a list rather than the `*.csv` wildcard because bqemulator (DuckDB COPY) sniffs
-                # the CSV dialect of a wildcard from its first file only, so a later file with a
-                # quoted name ("Search ""Generic"", 1") then fails to parse; a list is read per file
-                uris = [f"gs://{cfg.gcs.bucket}/{name}" for name in csv_names[p]]
-                results[p].rows_loaded = stage.load_partition(media, day, uris)
-                loaded.append(p)
+                # exactly the objects reconciled above; a list rather than `*.csv` wildcards
+                # because bqemulator (DuckDB COPY) sniffs the CSV dialect of a wildcard from its
+                # first file only, so a later file with a quoted name ("Search ""Generic"", 1")
+                # then fails to parse; a list is read per file
+                uris = [f"gs://{cfg.gcs.bucket}/{name}" for p in mine for name in csv_names[p]]
+                stage.load_partitions(media, [d for _, d in mine], uris)
+                for p in mine:
+                    results[p].rows_loaded = csv_tot[p].rows
+                loaded += mine
             except IngestError as exc:
-                fail([p], f"load: {exc}")
+                fail(mine, f"load: {exc}")
 
     # 4. Aggregation queries per loaded date.
     days: dict[date, list[str]] = defaultdict(list)

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-fetch reports already done (idempotent: nothing duplicates)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
+    run.add_argument("--no-lookback", action="store_true",
+                     help="fetch the date only, without refetching each media's lookback_days window (late conversions)")
 
     rerun = sub.add_parser("rerun", parents=[common], epilog=EPILOG, help="re-run one media for one date (and account), or only what failed",
                            description="Either re-fetch exactly one media for one date (optionally one account), then "
@@ -257,10 +259,11 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     if args.command == "run":
         if args.date is None:  # the nightly: each account's own yesterday, in its time zone
             req = RunRequest("run", [], cfg.media_names(), force=args.force, take_over=args.take_over,
-                             yesterday_per_account=True)
+                             yesterday_per_account=True, lookback=not args.no_lookback)
             return run_job(cfg, req, args.json)
         day = validate_date(cfg, args.date)
-        return run_job(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force, take_over=args.take_over), args.json)
+        return run_job(cfg, RunRequest("run", [day], cfg.media_names(), force=args.force, take_over=args.take_over,
+                                       lookback=not args.no_lookback), args.json)
     if args.command == "rerun":
         return _rerun(cfg, args)
     if args.command == "backfill":

@@ -143,6 +143,9 @@ class MediaSettings(Strict):
                                                     "unset: the platform's real one")
     options: dict[str, Any] = Field(default_factory=dict)
     accounts: list[AccountSettings] = Field(min_length=1)
+    lookback_days: int | None = Field(None, ge=0, le=90, description="days before yesterday the nightly refetches "
+                                      "(late conversions); unset: the platform's documented window (Meta 28, "
+                                      "Google Ads 30, Yahoo! JAPAN 30); 0: fetch yesterday only")
     fetchers: int | None = Field(None, ge=1, le=64, description="pin the number of fetcher processes; unset: sized "
                                  "from the night's work and quota (ingest/supervision/placement.py)")
     max_fetchers: int = Field(8, ge=1, le=64, description="upper bound on fetcher processes for this media")
@@ -378,7 +381,8 @@ def check_connectors(cfg: PipelineConfig, source: str, today: date) -> PipelineC
                 cls(ConnectorSettings(name, settings.base_url, check.version, {}, dict(settings.options)))
             except ConfigError as exc:
                 errors.append(f"{where}.options: {exc.message}")
-        media[name] = settings.model_copy(update={"api_version": check.version})
+        lookback = cls.late_window_days if settings.lookback_days is None else settings.lookback_days
+        media[name] = settings.model_copy(update={"api_version": check.version, "lookback_days": lookback})
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg.model_copy(update={"media": media})

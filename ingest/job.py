@@ -16,7 +16,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
@@ -64,6 +64,9 @@ class RunRequest:
     account_days: dict[tuple[str, str], date] | None = None
     #: "now" for ``yesterday_per_account`` (tests); None = the clock
     as_of: datetime | None = None
+    #: also refetch each media's ``lookback_days`` before the (latest) date: the nightly does,
+    #: so late conversions reach the marts; rerun and backfill fetch exactly what they name
+    lookback: bool = False
 
 
 @dataclass
@@ -92,8 +95,15 @@ class RunReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: the longest range one refetch report covers (platform limits are far above; a long window
+#: is fetched as a few such ranges, never one request per day)
+MAX_RANGE_DAYS = 31
+
+
 def plan_keys(cfg: PipelineConfig, req: RunRequest) -> list[ReportKey]:
-    keys = []
+    """The night's reports: each account's date(s) first, then — for the nightly — its refetch
+    window as ranges of daily rows (Meta ``time_range``, GAQL ``BETWEEN``, Yahoo CUSTOM_DATE)."""
+    keys, window = [], []
     for media in req.media:
         settings = cfg.media[media]
         for account in settings.account_ids():
@@ -104,7 +114,32 @@ def plan_keys(cfg: PipelineConfig, req: RunRequest) -> list[ReportKey]:
                 key = ReportKey(media, account, day)
                 if req.only is None or key in req.only:
                     keys.append(key)
-    return keys
+            lookback = settings.lookback_days or 0
+            if req.lookback and lookback and req.only is None:
+                window += refetch_ranges(media, account, max(days), lookback, set(days))
+    return keys + window
+
+
+def refetch_ranges(media: str, account: str, latest: date, lookback: int, exclude: set[date]) -> list[ReportKey]:
+    """``lookback`` days before ``latest`` (minus ``exclude``) as contiguous ranges of at most
+    MAX_RANGE_DAYS, oldest first."""
+    days = [latest - timedelta(days=i) for i in range(lookback, 0, -1)]
+    out: list[ReportKey] = []
+    for day in days:
+        if day in exclude:
+            continue
+        prev = out[-1] if out else None
+        if prev is not None and prev.last + timedelta(days=1) == day and prev.span < MAX_RANGE_DAYS:
+            out[-1] = ReportKey(media, account, prev.day, prev.span + 1)
+        else:
+            out.append(ReportKey(media, account, day))
+    return out
+
+
+def fetch_order(keys: list[ReportKey] | set[ReportKey]) -> list[ReportKey]:
+    """Yesterday's one-day reports before the refetch ranges: the morning's numbers never
+    wait behind the window."""
+    return sorted(keys, key=lambda k: (k.span > 1, k))
 
 
 class NightlyJob:
@@ -133,18 +168,22 @@ class NightlyJob:
             req.account_days = AccountTimezones(self.cfg, self.ledger).yesterday(req.media, secrets, req.as_of)
             req.dates = sorted(set(req.account_days.values()))
         all_keys = plan_keys(self.cfg, req)
+        # the dates this run touches: its own, and the refetch window's
+        touched = sorted(set(req.dates) | {d for k in all_keys for d in k.days()})
         run_id = self.ledger.open_run(req.kind, req.dates, req.media)
         structlog.contextvars.bind_contextvars(run_id=run_id)
         try:
-            taken = self.ledger.acquire(run_id, [(m, d) for m in req.media for d in req.dates],
+            taken = self.ledger.acquire(run_id, [(m, d) for m in req.media for d in touched],
                                         stale_after_s=self.cfg.lock_stale_s, take_over=req.take_over)
         except ConfigError as exc:
             self.ledger.close_run(run_id, "aborted", {"refused": exc.message})
             raise
         # Read states only once the locks are ours: a run that just finished has written them.
         states = self.ledger.states(all_keys)
-        # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches.
-        todo = all_keys if req.force else [k for k in all_keys if states.get(k, {}).get("status") != "done"]
+        # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches;
+        # the refetch window is fetched every night (that is its point).
+        todo = all_keys if req.force else [k for k in all_keys
+                                           if k.span > 1 or states.get(k, {}).get("status") != "done"]
         if taken:
             log.warning("stale_locks_taken_over", from_runs=taken)
         report = RunReport(run_id, "running", EXIT_SUCCESS, {m: MediaSummary() for m in req.media})
@@ -153,7 +192,9 @@ class NightlyJob:
             report.media[key.media].planned += 1
             if key not in todo_set:
                 report.media[key.media].skipped += 1
-        log.info("run_planned", kind=req.kind, dates=[d.isoformat() for d in req.dates], reports=len(all_keys), to_fetch=len(todo))
+        log.info("run_planned", kind=req.kind, dates=[d.isoformat() for d in req.dates], reports=len(all_keys),
+                 to_fetch=len(todo), refetch_ranges=sum(1 for k in todo if k.span > 1),
+                 refetch_days=len(touched) - len(req.dates))
         self.ledger.plan(run_id, todo)
         beat = _Heartbeat(self.ledger, run_id, self.cfg.lock_stale_s / 4)
         try:
@@ -166,7 +207,7 @@ class NightlyJob:
             started = time.perf_counter()
             # every partition that changed since its last good stage 2 — also by a run that died
             if req.stage2:
-                report.stage2 = self._stage2(run_id, self.ledger.pending_partitions(req.media, req.dates), store)
+                report.stage2 = self._stage2(run_id, self.ledger.pending_partitions(req.media, touched), store)
             report.stage2_s = time.perf_counter() - started
         except BaseException as exc:
             self.ledger.close_run(run_id, "aborted", self._counts(report))
@@ -179,7 +220,7 @@ class NightlyJob:
         report.outcome, report.exit_code = self._outcome(report)
         report.failures = [
             {k: r[k] for k in ("media", "account_id", "date", "attempts", "error_kind", "error_message")}
-            for r in self.ledger.task_rows(dates=req.dates) if r["status"] == "failed" and r["media"] in req.media
+            for r in self.ledger.task_rows(dates=touched) if r["status"] == "failed" and r["media"] in req.media
         ]
         self.ledger.close_run(run_id, report.outcome, self._counts(report))  # type: ignore[arg-type]
         log.info("run_finished", outcome=report.outcome, exit_code=report.exit_code, **self._counts(report))
@@ -234,7 +275,7 @@ class NightlyJob:
             supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project, deadline,
                                           {"run_id": run_id}, placement, generation)
             try:
-                stream = supervisor.run.remote(sorted(remaining), next_attempt)
+                stream = supervisor.run.remote(fetch_order(remaining), next_attempt)
                 async for ref in stream:
                     event: Event = await ref
                     self._record(run_id, event, summary, remaining, next_attempt)

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.errors import ConfigError
-from ingest.tasks import Event, ReportKey, Totals
+from ingest.tasks import DayResult, Event, ReportKey, ReportResult, Totals
 
 RunOutcome = Literal["running", "success", "partial", "failed", "aborted"]
 
@@ -72,6 +72,11 @@ report_tasks = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("duration_s", sa.Float),
+    # late data (migration 0004): digest of the landed CSV; how often the content changed
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("revisions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_fetched_at", sa.DateTime(timezone=True)),
+    sa.Column("last_changed_at", sa.DateTime(timezone=True)),
     sa.Index("ix_ingest_tasks_date_media", "date", "media"),
     sa.Index("ix_ingest_tasks_run", "run_id"),
 )
@@ -145,8 +150,11 @@ class LockedError(ConfigError):
 
 
 def _task_is(key: ReportKey) -> sa.ColumnElement[bool]:
-    """The row of one report in ``ingest_report_tasks``."""
-    return (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account) & (report_tasks.c.date == key.day)
+    """The rows of one report in ``ingest_report_tasks``: one per day it covers."""
+    same = (report_tasks.c.media == key.media) & (report_tasks.c.account_id == key.account)
+    if key.span == 1:
+        return same & (report_tasks.c.date == key.day)
+    return same & report_tasks.c.date.between(key.day, key.last)
 
 
 def now() -> datetime:
@@ -276,9 +284,10 @@ class Ledger:
         return out
 
     def plan(self, run_id: str, keys: list[ReportKey]) -> None:
-        """Mark the reports this run will fetch as pending (creating or resetting their row)."""
+        """Mark the reports this run will fetch as pending (creating or resetting the row of each
+        day they cover; what an earlier fetch landed — sums, digest, revisions — stays)."""
         with self.engine.begin() as conn:
-            for key in keys:
+            for key in (day for k in keys for day in k.day_keys()):
                 conn.execute(_upsert(self.engine, report_tasks, {
                     "media": key.media, "account_id": key.account, "date": key.day, "run_id": run_id,
                     "status": "pending", "attempts": 0, "error_kind": None, "error_message": None,
@@ -315,18 +324,34 @@ class Ledger:
         values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
         if event.kind == "done" and event.result is not None:
             r = event.result
-            if (key.media, key.day) not in changed:
-                # the partition changed: stage 2 must (re)load it, even if this driver dies now
-                changed.add((key.media, key.day))
-                conn.execute(_upsert(self.engine, stage_steps, {
-                    "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
-                    "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
-            values.update(error_kind=None, error_message=None, rows=r.totals.rows, bytes=r.bytes, requests=r.requests,
-                          impressions=r.totals.impressions, clicks=r.totals.clicks, spend=r.totals.spend,
-                          conversions=r.totals.conversions, gcs_paths=json.dumps(list(r.paths)), duration_s=r.elapsed_s)
-        else:
-            values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
+            days = r.days or (DayResult(key.day, r.totals, "", ""),)  # results without days: older callers
+            for d in days:
+                self._land_day(conn, run_id, ReportKey(key.media, key.account, d.day), d, r, values, at, changed)
+            return
+        values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
         conn.execute(report_tasks.update().where(where).values(**values))
+
+    def _land_day(self, conn: sa.Connection, run_id: str, key: ReportKey, d: DayResult, r: ReportResult,
+                  values: dict[str, Any], at: datetime, changed: set[tuple[str, date]]) -> None:
+        """One day of a done report: its sums, and whether its content changed since it was last
+        landed. Only a changed day (or a first one) sends its partition to stage 2 again."""
+        before = conn.execute(sa.select(report_tasks.c.content_hash, report_tasks.c.revisions)
+                              .where(_task_is(key))).first()
+        old_hash, revisions = (before[0], before[1] or 0) if before is not None else (None, 0)
+        differs = not d.digest or d.digest != old_hash
+        row = dict(values, error_kind=None, error_message=None, rows=d.totals.rows, bytes=r.bytes, requests=r.requests,
+                   impressions=d.totals.impressions, clicks=d.totals.clicks, spend=d.totals.spend,
+                   conversions=d.totals.conversions, gcs_paths=json.dumps([r.paths[0], d.csv_path] if d.csv_path else list(r.paths)),
+                   duration_s=r.elapsed_s, content_hash=d.digest or None, last_fetched_at=at)
+        if differs:
+            row.update(revisions=revisions + 1, last_changed_at=at)
+        conn.execute(report_tasks.update().where(_task_is(key)).values(**row))
+        if differs and (key.media, key.day) not in changed:
+            # the partition changed: stage 2 must (re)load it, even if this driver dies now
+            changed.add((key.media, key.day))
+            conn.execute(_upsert(self.engine, stage_steps, {
+                "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
+                "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
 
     def mark_running(self, run_id: str, media: str) -> None:
         """The run's planned reports of ``media`` are now with its supervisor (one statement)."""

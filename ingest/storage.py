@@ -4,6 +4,10 @@
     raw/{media}/dt={date}/{account}.csv      normalized rows (header + rows), what BigQuery loads
     failed/{media}/dt={date}/{account}.json  the raw exchanges of the last *failed* attempt
 
+A report over a range of days (the nightly refetch window) keeps its exchanges at
+``raw/{media}/window/{first}_{last}/{account}.json`` (``failed/...`` alike) and lands one CSV
+per day at the daily name above, so BigQuery still loads one partition per date.
+
 A re-run overwrites the same names, so GCS never holds two copies of one report. Every name
 part is validated before it reaches a path (see ingest.config patterns).
 """
@@ -28,21 +32,33 @@ class ReportPaths:
     media: str
     account: str
     day: date
+    #: the last day of a range report; None = a one-day report
+    last: date | None = None
 
-    def _base(self, kind: str) -> str:
-        return f"{kind}/{check_name(self.media, 'media')}/dt={self.day.isoformat()}/{check_account(self.account)}"
+    def _base(self, kind: str, day: date | None = None) -> str:
+        day = day or self.day
+        return f"{kind}/{check_name(self.media, 'media')}/dt={day.isoformat()}/{check_account(self.account)}"
+
+    def _exchanges(self, kind: str) -> str:
+        if self.last is None or self.last == self.day:
+            return self._base(kind) + ".json"
+        return (f"{kind}/{check_name(self.media, 'media')}/window/{self.day.isoformat()}_{self.last.isoformat()}/"
+                f"{check_account(self.account)}.json")
 
     @property
     def raw_json(self) -> str:
-        return self._base("raw") + ".json"
+        return self._exchanges("raw")
 
     @property
     def rows_csv(self) -> str:
         return self._base("raw") + ".csv"
 
+    def day_csv(self, day: date) -> str:
+        return self._base("raw", day) + ".csv"
+
     @property
     def failed_json(self) -> str:
-        return self._base("failed") + ".json"
+        return self._exchanges("failed")
 
     def uri(self, name: str) -> str:
         return f"gs://{self.bucket}/{name}"

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from sandbox.truth import FAILING_ACCOUNT, account_timezone, truth_rows
+from sandbox.truth import FAILING_ACCOUNT, account_timezone
 
 #: GAQL field → (resource, JSON key)
 FIELDS = {
@@ -38,6 +38,9 @@ _CUSTOMER_TZ = re.compile(r"^\s*SELECT\s+customer\.time_zone\s+FROM\s+customer\s
 #: requestError UNSUPPORTED_VERSION (tests/fixtures/official/google_ads/error_unsupported_version.json)
 LIVE_VERSIONS = ("v23", "v24", "v25", "v26")
 _DATE = re.compile(r"segments\.date\s*=\s*'(\d{4}-\d{2}-\d{2})'", re.IGNORECASE)
+#: a custom range (developers.google.com/google-ads/api/docs/query/date-ranges)
+_BETWEEN = re.compile(r"segments\.date\s+BETWEEN\s+'(\d{4}-\d{2}-\d{2})'\s+AND\s+'(\d{4}-\d{2}-\d{2})'",
+                      re.IGNORECASE)
 
 
 def _status(code: int, status: str, message: str, errors: list[dict[str, Any]] | None = None,
@@ -155,12 +158,12 @@ class GoogleAdsSimulator(Simulator):
                 return json_response([{"results": [{"customer": {"resourceName": f"customers/{cid}",
                                                                  "timeZone": account_timezone("google_ads", cid)}}],
                                        "fieldMask": "customer.timeZone", "requestId": f"sim-{self.job_seq}"}])
-            fields, day = self._parse(query, version)
-            return self._stream(cid, fields, day, ctx.drift)
+            fields, first, last = self._parse(query, version)
+            return self._stream(cid, fields, first, last, ctx.drift)
 
         return await self.serve(request, "searchStream", cid, handle, data=True)
 
-    def _parse(self, query: Any, version: str) -> tuple[list[str], date]:
+    def _parse(self, query: Any, version: str) -> tuple[list[str], date, date]:
         def bad(code: str, msg: str) -> SimulatedError:
             return SimulatedError(_status(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
                                           [{"errorCode": {"queryError": code}, "message": msg}], version))
@@ -176,17 +179,23 @@ class GoogleAdsSimulator(Simulator):
                 raise bad("UNRECOGNIZED_FIELD", f"Unrecognized field in the query: '{f}'.")
         if m.group("resource").lower() != "campaign":
             raise bad("INVALID_RESOURCE", "This simulator serves FROM campaign only.")
-        d = _DATE.search(m.group("rest"))
+        d = _BETWEEN.search(m.group("rest")) or _DATE.search(m.group("rest"))
         if not d:
             raise bad("EXPECTED_FILTERS_ON_DATE_RANGE", "Filter on segments.date = 'YYYY-MM-DD' is required.")
         try:
-            return fields, date.fromisoformat(d.group(1))
+            first = date.fromisoformat(d.group(1))
+            last = date.fromisoformat(d.group(2)) if d.re is _BETWEEN else first
         except ValueError:
             raise bad("INVALID_VALUE_WITH_DURING_OPERATOR", "Invalid date.") from None
+        if last < first:
+            raise bad("INVALID_VALUE_WITH_BETWEEN_OPERATOR", "Invalid date range.")
+        return fields, first, last
 
-    def _stream(self, cid: str, fields: list[str], day: date, drift: bool) -> web.Response:
+    def _stream(self, cid: str, fields: list[str], first: date, last: date, drift: bool) -> web.Response:
         results = []
-        for t in truth_rows("google_ads", cid, day, self.config.seed):
+        pairs = [(first + timedelta(days=i), t) for i in range((last - first).days + 1)
+                 for t in self.truth(cid, first + timedelta(days=i))]
+        for day, t in pairs:
             cost_micros = int(t["spend"] * 1_000_000)
             conv = t["conversions"]
             values: dict[str, Any] = {

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, account_timezone, normalize_account, truth_rows
+from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, account_timezone, normalize_account
 
 ALLOWED_FIELDS = {
     "account_id",
@@ -195,7 +195,7 @@ class MetaSimulator(Simulator):
         day = params["since"]
         fields = params["fields"] or ["impressions", "spend"]
         while day <= params["until"]:
-            for t in truth_rows("meta", account, day, self.config.seed):
+            for t in self.truth(account, day):
                 full: dict[str, Any] = {
                     "account_id": normalize_account("meta", account),
                     "account_currency": t["currency"],

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from sandbox.oauth_sim import TOKEN_ENDPOINTS, TokenIssuer
 
-from sandbox.truth import DENIED_ACCOUNT, DRIFT_ACCOUNT, RESERVED, truth_json
+from sandbox.truth import DENIED_ACCOUNT, DRIFT_ACCOUNT, RESERVED, truth_json, truth_rows
 
 #: every fault kind a simulator knows; weights of 0 disable a kind
 FAULT_KINDS = ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed", "auth", "drift")
@@ -85,6 +85,9 @@ class SimConfig:
     #: ``expires_in`` the token endpoint announces; 0 = the true lifetime. Longer than the true
     #: one = tokens revoked early (clock skew, revocation): the API answers 401 before the client expects it
     token_reported_lifetime_s: float = 0.0
+    #: late data: date (ISO) → conversions that arrived since, added to each campaign with clicks
+    #: on that date (the platforms restate a day for weeks: Meta 28 days, Google 30, Yahoo 7–90)
+    late_conversions: dict[str, int] = field(default_factory=dict)
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -104,6 +107,11 @@ class SimConfig:
                 if bad or not all(0 <= float(v) <= 1 for v in value.values()):
                     raise ValueError(f"fault_rates: kinds from {', '.join(FAULT_KINDS)}, each within 0..1")
                 value = {k: float(v) for k, v in value.items()}
+            elif key == "late_conversions":
+                try:
+                    value = {date.fromisoformat(k).isoformat(): int(v) for k, v in value.items()}
+                except (AttributeError, TypeError, ValueError):
+                    raise ValueError("late_conversions: {\"YYYY-MM-DD\": units, ...}") from None
             elif key == "fault_rate" and not 0 <= float(value) <= 1:
                 raise ValueError("fault_rate must be within 0..1")
             current = getattr(self, key)
@@ -170,6 +178,13 @@ class Simulator:
         s["media"] = self.media
         s["open_jobs"] = len(self.jobs)
         return s
+
+    def late_units(self, day: date) -> int:
+        return self.config.late_conversions.get(day.isoformat(), 0)
+
+    def truth(self, account: str, day: date) -> list[dict[str, Any]]:
+        """The rows this simulator serves for (account, day) now, late conversions included."""
+        return truth_rows(self.media, account, day, self.config.seed, self.late_units(day))
 
     def next_job_id(self, base: int) -> str:
         self.job_seq += 1
@@ -350,7 +365,7 @@ class Simulator:
             account = request.query["account"]
         except (KeyError, ValueError):
             return web.json_response({"error": "need ?date=YYYY-MM-DD&account=ID"}, status=400)
-        return web.json_response(truth_json(self.media, account, day, self.config.seed))
+        return web.json_response(truth_json(self.media, account, day, self.config.seed, self.late_units(day)))
 
     async def _reserved(self, request: web.Request) -> web.Response:
         return web.json_response(RESERVED)

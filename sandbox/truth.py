@@ -93,12 +93,14 @@ def campaigns(media: str, account: str, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def truth_rows(media: str, account: str, day: date, seed: int) -> list[dict[str, Any]]:
+def truth_rows(media: str, account: str, day: date, seed: int, late_units: int = 0) -> list[dict[str, Any]]:
     """Canonical rows for one report: ids, name, ints, spend/conversions as exact Decimals.
 
     ``spend`` is in currency units (Google micros divided out; JPY has no minor unit),
     ``conversions`` as the platform reports them (Meta: integer action counts; Google and
-    Yahoo: fractional values happen with data-driven attribution).
+    Yahoo: fractional values happen with data-driven attribution). ``late_units``: conversions
+    that arrived after the day (booked to its clicks), added to every campaign with clicks —
+    what the simulators' ``late_conversions`` setting restates.
     """
     currency = account_currency(media, account, seed)
     rows = []
@@ -120,7 +122,7 @@ def truth_rows(media: str, account: str, day: date, seed: int) -> list[dict[str,
             spend = spend.quantize(Decimal("0.000001"))
         else:
             spend = Decimal(spend_minor) / Decimal(100)
-        conv_units = 0 if clicks == 0 else (r >> 50) % 40
+        conv_units = 0 if clicks == 0 else (r >> 50) % 40 + late_units
         if media == "meta":
             conversions = Decimal(conv_units)
         else:
@@ -139,9 +141,9 @@ def truth_rows(media: str, account: str, day: date, seed: int) -> list[dict[str,
     return rows
 
 
-def truth_json(media: str, account: str, day: date, seed: int) -> list[dict[str, Any]]:
+def truth_json(media: str, account: str, day: date, seed: int, late_units: int = 0) -> list[dict[str, Any]]:
     """``truth_rows`` with Decimals as strings (what ``GET /_sim/truth`` returns)."""
     return [
         {**row, "spend": format(row["spend"], "f"), "conversions": format(row["conversions"], "f")}
-        for row in truth_rows(media, account, day, seed)
+        for row in truth_rows(media, account, day, seed, late_units)
     ]

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.simcore import Ctx, SimulatedError, Simulator, json_response
-from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT, truth_rows
+from sandbox.truth import FAILING_ACCOUNT, SLOW_ACCOUNT
 
 #: report field → (Japanese, English) display name, from reports/v20/jp/CAMPAIGN.csv
 DISPLAY_NAMES = {
@@ -217,7 +217,7 @@ class YahooAdsSimulator(Simulator):
         totals: dict[str, Any] = {f: Decimal(0) for f in METRICS}
         day = start
         while day <= end:
-            for t in truth_rows("yahoo_ads", account, day, self.config.seed):
+            for t in self.truth(account, day):
                 values = {
                     "DAY": day.isoformat(),
                     "ACCOUNT_ID": account,

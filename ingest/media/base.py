@@ -366,9 +366,14 @@ class Connector(ABC):
     def media(self) -> str:
         return self.settings.media
 
+    #: days the platform keeps restating a date's numbers (late conversions): the nightly
+    #: refetches this many days before yesterday unless the media's ``lookback_days`` says otherwise
+    late_window_days: ClassVar[int] = 0
+
     @abstractmethod
-    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
-        """Fetch one (account, date) report; raise only ``ingest.errors`` subclasses."""
+    async def fetch(self, http: HttpSession, account: str, day: date, last: date | None = None) -> list[Row]:
+        """Fetch one account's report for ``day`` (through ``last``, daily rows: one report covers a
+        refetch window); raise only ``ingest.errors`` subclasses."""
 
     def minimum_requests(self) -> int:
         """Fewest requests one report needs with this connector's flow (for the benchmark)."""

@@ -1,4 +1,8 @@
-"""Google Ads API (REST): one ``googleAds:searchStream`` GAQL query per (customer, day).
+"""Google Ads API (REST): one ``googleAds:searchStream`` GAQL query per (customer, day or range).
+
+A range is ``segments.date BETWEEN 'first' AND 'last'`` (one row per campaign and day, one
+stream: developers.google.com/google-ads/api/docs/query/date-ranges), so the nightly refetch
+of the conversion window costs one request per customer.
 
 The response is a JSON *array* of batches ``{results, fieldMask, requestId}`` (one HTTP
 response, no paging). proto3 JSON mapping shapes the values: int64 (``impressions``,
@@ -30,7 +34,7 @@ from ingest.media.versions import ApiVersion
 QUERY = (
     "SELECT customer.id, customer.currency_code, campaign.id, campaign.name, "
     "metrics.impressions, metrics.clicks, metrics.cost_micros, metrics.conversions, segments.date "
-    "FROM campaign WHERE segments.date = '{day}'"
+    "FROM campaign WHERE {where}"
 )
 #: the JSON keys each selected resource may carry (resourceName is always returned)
 EXPECTED = {
@@ -151,17 +155,24 @@ class GoogleAdsConnector(Connector):
             headers["login-customer-id"] = self.login_customer_id
         return headers
 
-    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
+    #: conversions are booked to the click date within the conversion window: 30 days by default
+    #: (up to 90) — support.google.com/google-ads/answer/3123169
+    late_window_days = 30
+
+    async def fetch(self, http: HttpSession, account: str, day: date, last: date | None = None) -> list[Row]:
+        last = last or day
         try:
             cid = account.replace("-", "")
             if not cid.isdigit():
                 raise BadRequest(f"Google Ads customer id must be digits (dashes allowed), not {account!r}")
             url = f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}/customers/{cid}/googleAds:searchStream"
-            body = {"query": QUERY.format(day=day.isoformat())}
+            where = (f"segments.date = '{day.isoformat()}'" if last == day
+                     else f"segments.date BETWEEN '{day.isoformat()}' AND '{last.isoformat()}'")
+            body = {"query": QUERY.format(where=where)}
 
             async def stream() -> list[Row]:  # one retriable step: the request and the parse of its body
                 response = await http.request("POST", url, json_body=body, headers=self._headers())
-                return self._parse(response, account, cid, day)
+                return self._parse(response, account, cid, day, last)
 
             return await http.step("stream", stream)
         except IngestError as exc:
@@ -183,11 +194,11 @@ class GoogleAdsConnector(Connector):
                     return tz
         return None
 
-    def _parse(self, response: httpx.Response, account: str, cid: str, day: date) -> list[Row]:
+    def _parse(self, response: httpx.Response, account: str, cid: str, day: date, last: date | None = None) -> list[Row]:
         rows: list[Row] = []
         for batch in self._batches(response):
             for result in batch.get("results") or []:
-                rows.append(self._row(result, account, cid, day))
+                rows.append(self._row(result, account, cid, day, last or day))
         return rows
 
     def _batches(self, response: httpx.Response) -> list[dict[str, Any]]:
@@ -217,7 +228,7 @@ class GoogleAdsConnector(Connector):
     def _raise_status(response: httpx.Response, err: dict[str, Any]) -> list[dict[str, Any]]:
         raise classify_error(response.status_code, err, response.headers, response.content)
 
-    def _row(self, result: Any, account: str, cid: str, day: date) -> Row:
+    def _row(self, result: Any, account: str, cid: str, day: date, last: date) -> Row:
         if not isinstance(result, dict):
             raise DataError("searchStream result is not an object")
         for resource, value in result.items():
@@ -237,8 +248,13 @@ class GoogleAdsConnector(Connector):
                 raise DataError(f"result lacks {key!r} (schema drift?)")
         if customer["id"] != cid:
             raise DataError(f"row of customer {str(customer['id'])[:40]!r} in a report for {cid!r}")
-        if segments["date"] != day.isoformat():
-            raise DataError(f"row for {str(segments['date'])[:20]!r} in a report for {day}")
+        try:
+            row_day = date.fromisoformat(segments["date"]) if isinstance(segments["date"], str) else None
+        except ValueError:
+            row_day = None
+        if row_day is None or not day <= row_day <= last:
+            span = str(day) if last == day else f"{day}..{last}"
+            raise DataError(f"row for {str(segments['date'])[:20]!r} in a report for {span}")
         currency = customer["currencyCode"]
         if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
             raise DataError(f"currencyCode {str(currency)[:20]!r} is not an ISO 4217 code")
@@ -246,7 +262,7 @@ class GoogleAdsConnector(Connector):
             raise DataError("campaign.name is not a string")
         cost_micros = parse_int(metrics.get("costMicros", "0"), "metrics.costMicros")
         return Row(
-            date=day,
+            date=row_day,
             media=self.media,
             account_id=account,
             campaign_id=check_id(campaign["id"], "campaign id"),

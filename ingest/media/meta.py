@@ -1,4 +1,8 @@
-"""Meta Marketing API insights: one campaign-level report per (ad account, day).
+"""Meta Marketing API insights: one campaign-level report per (ad account, day or range).
+
+A range is one report: ``time_range`` {since, until} with ``time_increment=1`` returns one row
+per campaign and day (``date_start`` = ``date_stop`` = that day), so the nightly refetch of
+the 28-day attribution window costs one report per account, not 28.
 
 Flows (option ``mode``):
 - ``sync`` (default): ``GET /{v}/act_{id}/insights`` with cursor paging. Only
@@ -249,24 +253,30 @@ class MetaConnector(Connector):
             raise BadRequest(f"Meta ad account id must be digits (optionally act_-prefixed), not {account!r}")
         return digits
 
-    def _params(self, day: date) -> dict[str, str]:
+    def _params(self, day: date, last: date | None = None) -> dict[str, str]:
+        until = last or day
         return {
             "level": "campaign",
             "fields": FIELDS,
-            "time_range": json.dumps({"since": day.isoformat(), "until": day.isoformat()}, separators=(",", ":")),
+            "time_range": json.dumps({"since": day.isoformat(), "until": until.isoformat()}, separators=(",", ":")),
             "time_increment": "1",
             "limit": str(self.page_limit),
         }
 
     # -- the report --------------------------------------------------------------------------------
-    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
+    #: numbers for a day keep moving for up to 28 days (the default and maximum of Airbyte's
+    #: ``insights_lookback_window``; Meta's 28-day click attribution window)
+    late_window_days = 28
+
+    async def fetch(self, http: HttpSession, account: str, day: date, last: date | None = None) -> list[Row]:
+        last = last or day
         try:
             act = self._act(account)
             if self.mode == "async":
-                raw = await self._fetch_async(http, act, day)
+                raw = await self._fetch_async(http, act, day, last)
             else:
-                raw = await self._pages(http, self._url(f"act_{act}", "insights"), self._params(day))
-            return [self._row(item, account, act, day) for item in raw]
+                raw = await self._pages(http, self._url(f"act_{act}", "insights"), self._params(day, last))
+            return [self._row(item, account, act, day, last) for item in raw]
         except IngestError as exc:
             raise exc.with_report(self.media, account, day.isoformat()) from None
 
@@ -290,12 +300,13 @@ class MetaConnector(Connector):
             seen.add(after)
         raise DataError(f"more than {MAX_PAGES} pages")
 
-    async def _fetch_async(self, http: HttpSession, act: str, day: date) -> list[Any]:
+    async def _fetch_async(self, http: HttpSession, act: str, day: date, last: date | None = None) -> list[Any]:
         async with http.job():  # one of the media's concurrent async-job slots, until the result is read
-            return await self._run_job(http, act, day)
+            return await self._run_job(http, act, day, last)
 
-    async def _run_job(self, http: HttpSession, act: str, day: date) -> list[Any]:
-        created = await self._call(http, "create", "POST", self._url(f"act_{act}", "insights"), data=self._params(day))
+    async def _run_job(self, http: HttpSession, act: str, day: date, last: date | None = None) -> list[Any]:
+        created = await self._call(http, "create", "POST", self._url(f"act_{act}", "insights"),
+                                   data=self._params(day, last))
         run_id = created.get("report_run_id")
         if isinstance(run_id, int) and not isinstance(run_id, bool):
             run_id = str(run_id)
@@ -315,7 +326,7 @@ class MetaConnector(Connector):
                 raise DataError(f"unknown async_status {str(status)[:40]!r}", body=json.dumps(job))
         raise JobFailed(f"async report run {run_id} not complete after {self.max_polls} polls", code="poll_limit")
 
-    def _row(self, item: Any, account: str, act: str, day: date) -> Row:
+    def _row(self, item: Any, account: str, act: str, day: date, last: date | None = None) -> Row:
         if not isinstance(item, dict):
             raise DataError(f"insights row is {type(item).__name__}, expected an object")
         required = ("campaign_id", "campaign_name", "impressions", "clicks", "spend", "account_currency", "date_start")
@@ -325,8 +336,15 @@ class MetaConnector(Connector):
                             body=json.dumps(item))
         if "account_id" in item and str(item["account_id"]) != act:
             raise DataError(f"row of account {str(item['account_id'])[:40]!r} in a report for {act!r}")
-        if item["date_start"] != day.isoformat() or item.get("date_stop", item["date_start"]) != day.isoformat():
-            raise DataError(f"row for {item['date_start']!r}..{item.get('date_stop')!r} in a report for {day}")
+        last = last or day
+        start = item["date_start"]
+        try:
+            row_day = date.fromisoformat(start) if isinstance(start, str) else None
+        except ValueError:
+            row_day = None
+        if row_day is None or item.get("date_stop", start) != start or not day <= row_day <= last:
+            span = str(day) if last == day else f"{day}..{last}"
+            raise DataError(f"row for {str(start)[:20]!r}..{str(item.get('date_stop'))[:20]!r} in a report for {span}")
         currency = item["account_currency"]
         if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
             raise DataError(f"account_currency {str(currency)[:20]!r} is not an ISO 4217 code")
@@ -334,7 +352,7 @@ class MetaConnector(Connector):
         if not isinstance(name, str):
             raise DataError("campaign_name is not a string")
         return Row(
-            date=day,
+            date=row_day,
             media=self.media,
             account_id=account,
             campaign_id=check_id(item["campaign_id"], "campaign id"),

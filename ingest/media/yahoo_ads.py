@@ -1,6 +1,6 @@
 """Yahoo! JAPAN Ads Search Ads API: ReportDefinitionService add → get (poll) → download CSV.
 
-Flow per (account, day): ``add`` a CAMPAIGN report for ``CUSTOM_DATE`` day..day (CSV,
+Flow per (account, day or range): ``add`` a CAMPAIGN report for ``CUSTOM_DATE`` first..last (CSV,
 UTF8, uncompressed, ``reportSkipReportSummary: TRUE``) → ``reportJobId``; ``get`` until
 ``reportJobStatus`` is COMPLETED (WAIT / IN_PROGRESS keep polling, via
 ``HttpSession.poll_wait``); ``download`` the CSV. The CSV header holds the official display
@@ -204,17 +204,22 @@ class YahooAdsConnector(Connector):
             raise DataError(f"report of account {str(definition['accountId'])[:40]!r} for {account!r}")
         return definition
 
-    async def fetch(self, http: HttpSession, account: str, day: date) -> list[Row]:
+    #: conversions are restated within a conversion-measurement period of 7–90 days; 30 covers
+    #: the common setting (the media's ``lookback_days`` follows the account's own period)
+    late_window_days = 30
+
+    async def fetch(self, http: HttpSession, account: str, day: date, last: date | None = None) -> list[Row]:
+        last = last or day
         try:
             if not account.isdigit():
                 raise BadRequest(f"Yahoo! JAPAN Ads account id must be digits, not {account!r}")
-            ymd = day.strftime("%Y%m%d")
+            ymd, last_ymd = day.strftime("%Y%m%d"), last.strftime("%Y%m%d")
             operand = {
-                "reportName": f"ingest-{account}-{ymd}",
+                "reportName": f"ingest-{account}-{ymd}" + (f"-{last_ymd}" if last != day else ""),
                 "reportType": "CAMPAIGN",
                 "fields": list(FIELDS),
                 "reportDateRangeType": "CUSTOM_DATE",
-                "dateRange": {"startDate": ymd, "endDate": ymd},
+                "dateRange": {"startDate": ymd, "endDate": last_ymd},
                 "reportDownloadFormat": "CSV",
                 "reportDownloadEncode": "UTF8",
                 "reportLanguage": self.report_language,
@@ -233,7 +238,7 @@ class YahooAdsConnector(Connector):
                 download = {"accountId": int(account), "reportJobId": job_id}
 
                 async def fetch_csv() -> list[Row]:  # the download and the parse of its CSV: one retriable step
-                    return self._parse_csv(await self._post(http, "download", account, download), account, day)
+                    return self._parse_csv(await self._post(http, "download", account, download), account, day, last)
 
                 return await http.step("download", fetch_csv)
         except IngestError as exc:
@@ -254,7 +259,7 @@ class YahooAdsConnector(Connector):
                 raise DataError(f"unknown reportJobStatus {str(status)[:40]!r}", body=json.dumps(definition))
         raise JobFailed(f"report job {job_id} not complete after {self.max_polls} polls", code="poll_limit")
 
-    def _parse_csv(self, response: httpx.Response, account: str, day: date) -> list[Row]:
+    def _parse_csv(self, response: httpx.Response, account: str, day: date, last: date | None = None) -> list[Row]:
         raw = response.content
         if raw.lstrip()[:1] == b"{":  # an error envelope served with 200 instead of the CSV
             errors = self._errors(response)
@@ -287,7 +292,7 @@ class YahooAdsConnector(Connector):
         unterminated = not raw.endswith(b"\n")
         for n, record in enumerate(records[1:], start=2):
             try:
-                row = self._row(record, header, col, account, day, raw)
+                row = self._row(record, header, col, account, day, raw, last or day)
             except DataError as exc:
                 if n == len(records) and unterminated:
                     raise Malformed(f"report CSV cut in its last line: {exc.message}", body=raw) from None
@@ -297,17 +302,18 @@ class YahooAdsConnector(Connector):
         return rows
 
     def _row(self, record: list[str], header: list[str], col: dict[str, int], account: str, day: date,
-             raw: bytes) -> Row | None:
+             raw: bytes, last: date) -> Row | None:
         """One CSV line as a Row; None for the documented summary row (totals, no attributes)."""
         if len(record) != len(header):
             raise DataError(f"CSV row has {len(record)} cells, header has {len(header)}", body=raw)
         if not any(record[col[f]].strip() for f in NON_METRIC):
             return None
         row_day = _parse_day(record[col["DAY"]].strip())
-        if row_day != day:
-            raise DataError(f"row for {record[col['DAY']][:20]!r} in a report for {day}", body=raw)
+        if row_day is None or not day <= row_day <= last:
+            span = str(day) if last == day else f"{day}..{last}"
+            raise DataError(f"row for {record[col['DAY']][:20]!r} in a report for {span}", body=raw)
         return Row(
-            date=day,
+            date=row_day,
             media=self.media,
             account_id=account,
             campaign_id=check_id(record[col["CAMPAIGN_ID"]].strip(), "campaign id"),

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import date
 
 import httpx
 import structlog
@@ -26,7 +28,7 @@ from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken
 from ingest.storage import ReportPaths, ReportStore
 from ingest.supervision.limiter import poll_interval
-from ingest.tasks import ReportKey, ReportResult, Totals
+from ingest.tasks import DayResult, ReportKey, ReportResult, Totals
 
 log = structlog.get_logger("ingest.fetcher")
 
@@ -161,10 +163,10 @@ class ReportFetcher:
             session = HttpSession(self.client, gate=lambda: quota.gate(key.account), poll_wait=poll_wait,
                                   on_usage=quota.on_usage, job_slot=quota.job_slot(key),
                                   bearer=quota.bearer if quota.has_tokens else None, retry=quota.retry_hook(key))
-        paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day)
+        paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day, key.last)
         started = time.perf_counter()
         try:
-            rows = await self.connector.fetch(session, key.account, key.day)
+            rows = await self.connector.fetch(session, key.account, key.day, key.last)
             self._check_rows(key, rows)
         except asyncio.CancelledError:
             raise
@@ -177,23 +179,35 @@ class ReportFetcher:
                 log.warning("failed_raw_not_kept", report=str(key), error=str(store_exc))
             raise error from None
         raw_bytes = await asyncio.to_thread(self.store.put_json, paths.raw_json, session.raw_document())
-        # CSV last: the BigQuery load reads *.csv, so a report is visible only once complete.
-        csv_bytes = await asyncio.to_thread(self.store.put, paths.rows_csv, rows_to_csv(rows), "text/csv")
+        # CSVs last: the BigQuery load reads *.csv, so a report is visible only once complete.
+        # One per day (a range report is split here), rows in campaign order so that equal
+        # content gives equal bytes: the digest tells the ledger whether the day changed.
+        by_day: dict[date, list[Row]] = {d: [] for d in key.days()}
+        for row in rows:
+            by_day[row.date].append(row)
+        days, written = [], raw_bytes
+        for day, day_rows in by_day.items():
+            day_rows.sort(key=lambda r: r.campaign_id)
+            body = rows_to_csv(day_rows)
+            name = paths.day_csv(day)
+            written += await asyncio.to_thread(self.store.put, name, body, "text/csv")
+            days.append(DayResult(day, Totals.from_rows(day_rows), hashlib.sha256(body).hexdigest(), paths.uri(name)))
         return ReportResult(
             key=key,
             totals=Totals.from_rows(rows),
-            bytes=raw_bytes + csv_bytes,
+            bytes=written,
             requests=session.requests,
-            paths=(paths.uri(paths.raw_json), paths.uri(paths.rows_csv)),
+            paths=(paths.uri(paths.raw_json), *(d.csv_path for d in days)),
             elapsed_s=time.perf_counter() - started,
+            days=tuple(days),
         )
 
     def _check_rows(self, key: ReportKey, rows: list[Row]) -> None:
-        """A report must hold only its own (media, account, date) and each campaign once."""
-        seen: set[str] = set()
+        """A report must hold only its own (media, account, dates) and each campaign once a day."""
+        seen: set[tuple[date, str]] = set()
         for row in rows:
-            if (row.media, row.account_id, row.date) != (key.media, key.account, key.day):
+            if (row.media, row.account_id) != (key.media, key.account) or not key.day <= row.date <= key.last:
                 raise DataError(f"row for {row.media}/{row.account_id}/{row.date} in report {key}")
-            if row.campaign_id in seen:
-                raise DataError(f"campaign {row.campaign_id!r} appears twice in report {key}")
-            seen.add(row.campaign_id)
+            if (row.date, row.campaign_id) in seen:
+                raise DataError(f"campaign {row.campaign_id!r} appears twice on {row.date} in report {key}")
+            seen.add((row.date, row.campaign_id))
