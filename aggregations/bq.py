@@ -295,11 +295,20 @@ class BigQueryStage:
             pass
 
     # -- aggregation queries ----------------------------------------------------------------
-    def query(self, name: str, day: date, media: list[str]) -> list[dict[str, Any]]:
-        """Run ``sql/{name}.sql`` for ``@date = day``; rows as dicts (NUMERIC → Decimal)."""
+    def query(self, name: str, day: date, media: list[str], last: date | None = None) -> list[dict[str, Any]]:
+        """Run ``sql/{name}.sql`` for ``day`` (through ``last`` where the query takes a range);
+        rows as dicts (NUMERIC → Decimal)."""
+        from aggregations.queries import DAYS, QUERIES
+
         sql = render(name, self.project, self.dataset, media)
-        params = [bigquery.ScalarQueryParameter("date", "DATE", day)]
-        job = self._run_query(f"q_{name}", f"{day:%Y%m%d}", sql, params)
+        if QUERIES[name].raw_filter == DAYS:
+            last = last or day
+            params = [bigquery.ScalarQueryParameter("first", "DATE", day), bigquery.ScalarQueryParameter("last", "DATE", last)]
+            key = f"{day:%Y%m%d}" + (f"_{last:%Y%m%d}" if last != day else "")
+        else:
+            params = [bigquery.ScalarQueryParameter("date", "DATE", day)]
+            key = f"{day:%Y%m%d}"
+        job = self._run_query(f"q_{name}", key, sql, params)
         return [dict(row.items()) for row in _api(f"fetch {name}", lambda: list(job.result(timeout=self.job_timeout_s)))]
 
 

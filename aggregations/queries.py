@@ -1,6 +1,8 @@
 """The pre-aggregation SQL files and how they are rendered.
 
-The files in ``aggregations/sql`` are GoogleSQL, parameterized by ``@date`` only. They are
+The files in ``aggregations/sql`` are GoogleSQL, parameterized by dates only (``@first`` and
+``@last`` for the daily ones: one query covers every date a night changed; ``@date`` for the
+month-to-date as of one date). They are
 single statements on purpose: query parameters work there on bqemulator too (it rejects them
 inside multi-statement scripts). Two things cannot be parameters in SQL — table names — and
 are substituted here: ``${raw}`` (a UNION ALL over the per-media raw tables, each branch with
@@ -24,7 +26,7 @@ RAW_COLUMNS = (
     "impressions", "clicks", "spend", "conversions", "currency",
 )
 
-DAY = "date = @date"
+DAYS = "date BETWEEN @first AND @last"
 MONTH_TO_DATE = "date BETWEEN DATE_TRUNC(@date, MONTH) AND @date"
 
 
@@ -36,10 +38,10 @@ class QuerySpec:
 
 #: name → file (``sql/{name}.sql``) and the date filter applied to each raw table branch
 QUERIES: dict[str, QuerySpec] = {
-    "daily_campaign": QuerySpec("daily_campaign", DAY),
-    "daily_advertiser": QuerySpec("daily_advertiser", DAY),
+    "daily_campaign": QuerySpec("daily_campaign", DAYS),
+    "daily_advertiser": QuerySpec("daily_advertiser", DAYS),
     "mtd_advertiser_media": QuerySpec("mtd_advertiser_media", MONTH_TO_DATE),
-    "raw_totals": QuerySpec("raw_totals", DAY),
+    "raw_totals": QuerySpec("raw_totals", DAYS),
 }
 
 ACCOUNTS_TABLE = "advertiser_accounts"

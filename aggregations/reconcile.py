@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,13 +32,14 @@ def csv_totals(store: ReportStore, names: Iterable[str]) -> Totals:
     return total
 
 
-def bq_totals(rows: Iterable[dict[str, Any]]) -> dict[str, Totals]:
-    """``raw_totals.sql`` result rows → per-media totals."""
-    return {
-        r["media"]: Totals(int(r["row_count"]), int(r["impressions"] or 0), int(r["clicks"] or 0),
-                           Decimal(r["spend"] or 0), Decimal(r["conversions"] or 0))
-        for r in rows
-    }
+def bq_totals(rows: Iterable[dict[str, Any]]) -> dict[date, dict[str, Totals]]:
+    """``raw_totals.sql`` result rows → per date, per-media totals."""
+    out: dict[date, dict[str, Totals]] = {}
+    for r in rows:
+        day = r["date"].date() if isinstance(r["date"], datetime) else r["date"]
+        out.setdefault(day, {})[r["media"]] = Totals(int(r["row_count"]), int(r["impressions"] or 0), int(r["clicks"] or 0),
+                                                     Decimal(r["spend"] or 0), Decimal(r["conversions"] or 0))
+    return out
 
 
 def mart_totals(engine: sa.Engine, pairs: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:

@@ -13,9 +13,8 @@ Scope of each write, so a re-run of one media never touches another media's rows
   same month that are already published (their month-to-date includes the re-loaded day).
 
 BigQuery jobs per run: 1 (advertiser mapping) + 2·M (one load + one merge per media table with
-changed dates, whatever their number)
-+ 3·D (daily campaign, daily advertiser, raw totals per loaded date) + A (MTD as-of dates),
-plus retries. No Ray here: this is plain code the driver may run anywhere.
+changed dates, whatever their number) + 3 (daily campaign, daily advertiser, raw totals over
+the changed dates) + A (MTD as-of dates), plus retries. No Ray here: this is plain code the driver may run anywhere.
 """
 
 from __future__ import annotations
@@ -259,17 +258,20 @@ def _run(
     raw_tot: dict[date, dict[str, Totals]] = {}
     mtd_rows: list[dict[str, Any]] = []
     with step("aggregate"):
-        for day in sorted(days):
-            mine = [(m, day) for m in days[day]]
+        if days:
+            # one query each over the night's changed dates (a refetch window: up to 30), rows
+            # kept only for the (date, media) pairs loaded now
+            first, last = min(days), max(days)
             try:
-                dc = _clean(stage.query("daily_campaign", day, media_all))
-                da = _clean(stage.query("daily_advertiser", day, media_all))
-                raw_tot[day] = bq_totals(stage.query("raw_totals", day, media_all))
+                dc = _clean(stage.query("daily_campaign", first, media_all, last))
+                da = _clean(stage.query("daily_advertiser", first, media_all, last))
+                totals_by_day = bq_totals(stage.query("raw_totals", first, media_all, last))
             except IngestError as exc:
-                fail(mine, f"aggregate {day}: {exc}")
-                continue
-            campaign_rows += [r for r in dc if r["media"] in days[day]]
-            advertiser_rows += da
+                fail(loaded, f"aggregate {first}..{last}: {exc}")
+            else:
+                raw_tot = {d: totals_by_day.get(d, {}) for d in days}
+                campaign_rows += [r for r in dc if r["date"] in days and r["media"] in days[r["date"]]]
+                advertiser_rows += [r for r in da if r["date"] in days]
         good_days = set(raw_tot)
         try:
             as_of = good_days | _published_mtd_dates(engine, good_days)

@@ -18,14 +18,15 @@ from ingest.config import PipelineConfig
 from sandbox.truth import truth_rows
 
 
-def expected_totals(cfg: PipelineConfig, day: date) -> dict[str, dict[str, Any]]:
-    """Per media: rows, impressions, clicks, spend, conversions the simulators hold for ``day``."""
+def expected_totals(cfg: PipelineConfig, day: date, late_units: int = 0) -> dict[str, dict[str, Any]]:
+    """Per media: rows, impressions, clicks, spend, conversions the simulators hold for ``day``
+    (with ``late_units`` late conversions restated onto it, as ``late_conversions`` does)."""
     seed = cfg.sandbox.seed if cfg.sandbox else 7
     out: dict[str, dict[str, Any]] = {}
     for media, settings in cfg.media.items():
         t = {"rows": 0, "impressions": 0, "clicks": 0, "spend": Decimal(0), "conversions": Decimal(0)}
         for account in settings.account_ids():
-            for row in truth_rows(media, account, day, seed):
+            for row in truth_rows(media, account, day, seed, late_units):
                 t["rows"] += 1
                 for k in ("impressions", "clicks", "spend", "conversions"):
                     t[k] += row[k]

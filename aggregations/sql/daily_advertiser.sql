@@ -1,4 +1,4 @@
--- Daily metrics per advertiser across all media for @date, one row per currency:
+-- Daily metrics per advertiser across all media for each date @first..@last, one row per currency:
 -- JPY and USD are never summed together, so currency is part of the key.
 -- The raw CTE: UNION ALL over the media tables filtered to @date (rendered from the config).
 WITH raw AS (

@@ -1,4 +1,4 @@
--- Daily metrics per media × account × campaign for @date, with the account's advertiser.
+-- Daily metrics per media × account × campaign for each date @first..@last, with the account's advertiser.
 -- The raw CTE is rendered from the config: one `SELECT ... FROM raw_{media} WHERE <date filter>`
 -- per media table joined by UNION ALL (table names pass ingest.config.check_name first).
 -- Spend/conversions stay exact NUMERIC; KPIs are FLOAT64 and NULL when the divisor is zero.

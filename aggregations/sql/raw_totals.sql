@@ -1,9 +1,10 @@
--- Reconciliation: row count and metric sums per media in the raw tables for @date.
--- The raw CTE: UNION ALL over the media tables filtered to @date (rendered from the config).
+-- Reconciliation: row count and metric sums per date and media in the raw tables, @first..@last.
+-- The raw CTE: UNION ALL over the media tables filtered to those dates (rendered from the config).
 WITH raw AS (
 ${raw}
 )
 SELECT
+  r.date,
   r.media,
   COUNT(*) AS row_count,
   SUM(r.impressions) AS impressions,
@@ -11,5 +12,5 @@ SELECT
   SUM(r.spend) AS spend,
   SUM(r.conversions) AS conversions
 FROM raw AS r
-GROUP BY r.media
-ORDER BY r.media
+GROUP BY r.date, r.media
+ORDER BY r.date, r.media

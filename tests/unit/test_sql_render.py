@@ -23,7 +23,10 @@ def test_every_query_renders_a_union_over_all_media(name: str) -> None:
         assert sql.count(f"`local-demo.ads.raw_{m}`") == 1
     assert sql.count("UNION ALL") == len(MEDIA) - 1
     assert "$" not in sql and "--" not in sql  # placeholders filled; comments stripped for bqemulator
-    assert "@date" in sql and "@" not in sql.replace("@date", "")
+    if name == "mtd_advertiser_media":
+        assert "@date" in sql and "@" not in sql.replace("@date", "")
+    else:  # the daily queries cover every date a night changed in one job
+        assert "@first" in sql and "@last" in sql and "@" not in sql.replace("@first", "").replace("@last", "")
     if name != "raw_totals":
         assert "`local-demo.ads.advertiser_accounts`" in sql
         for kpi in ("ctr", "cpc", "cpm", "cpa", "cvr"):
@@ -34,7 +37,7 @@ def test_every_query_renders_a_union_over_all_media(name: str) -> None:
 def test_month_to_date_filters_each_branch_from_first_of_month() -> None:
     sql = render("mtd_advertiser_media", "local-demo", "ads", MEDIA)
     assert sql.count("WHERE date BETWEEN DATE_TRUNC(@date, MONTH) AND @date") == len(MEDIA)
-    assert render("daily_campaign", "local-demo", "ads", MEDIA).count("WHERE date = @date") == len(MEDIA)
+    assert render("daily_campaign", "local-demo", "ads", MEDIA).count("WHERE date BETWEEN @first AND @last") == len(MEDIA)
 
 
 @pytest.mark.parametrize("bad", ["meta`; DROP TABLE x; --", "Meta", "me ta", "", "x" * 64])

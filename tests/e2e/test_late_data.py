@@ -1,0 +1,75 @@
+"""Late data: conversions booked to a past date reach its mart row on the next night, and a
+refetched day whose content did not change is not republished.
+
+Real parts throughout (Ray, fake-gcs-server, bqemulator, the simulators, SQLite): night 1
+fetches D and its refetch window; the platforms then restate one day of that window (late
+conversions); night 2 (D + 1) refetches the window and must change exactly that day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from ingest.config import PipelineConfig
+from ingest.job import NightlyJob, RunRequest
+from ingest.ledger import report_tasks
+from sandbox.checks import expected_totals, mart_totals
+
+D = date(2026, 11, 20)
+LOOKBACK = 3
+MEDIA = ("meta", "google_ads", "yahoo_ads")
+
+
+def _late(stack: Any, conversions: dict[str, int]) -> None:
+    for m in MEDIA:
+        httpx.post(f"{stack.spec.sim_url(m)}/_sim/config", json={"late_conversions": conversions}).raise_for_status()
+
+
+@pytest.mark.stack
+def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republished(
+        stack, make_config: Callable[..., PipelineConfig], sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_config(stack, sqlite_url, media={m: {"lookback_days": LOOKBACK} for m in MEDIA})
+    accounts = sum(len(cfg.media[m].accounts) for m in MEDIA)
+    late_day = D - timedelta(days=1)  # inside both nights' windows
+    _late(stack, {})
+    try:
+        night1 = NightlyJob(cfg).execute(RunRequest("run", [D], list(MEDIA), lookback=True))
+        assert night1.outcome == "success", night1.failures
+        # one report for D plus one *range* report for the window, per account: not 1 + LOOKBACK
+        assert sum(m.done for m in night1.media.values()) == 2 * accounts
+        for day in (D - timedelta(days=i) for i in range(LOOKBACK + 1)):
+            assert mart_totals(sqlite_url, day) == expected_totals(cfg, day), day
+        assert len(night1.stage2.partitions) == len(MEDIA) * (LOOKBACK + 1)
+        assert night1.stage2.bq_load_jobs == len(MEDIA)  # one load per media table, whatever the window
+
+        _late(stack, {late_day.isoformat(): 5})  # the platforms restate one day
+        night2 = NightlyJob(cfg).execute(RunRequest("run", [D + timedelta(days=1)], list(MEDIA), lookback=True))
+        assert night2.outcome == "success", night2.failures
+        before = expected_totals(cfg, late_day)
+        after = expected_totals(cfg, late_day, late_units=5)
+        assert mart_totals(sqlite_url, late_day) == after
+        assert all(after[m]["conversions"] > before[m]["conversions"] for m in MEDIA)
+        # republished: the new date and the restated one; the other window days were refetched unchanged
+        assert sorted(night2.stage2.partitions) == sorted((m, d) for m in MEDIA for d in (late_day, D + timedelta(days=1)))
+        for day in (D - timedelta(days=2), D):
+            assert mart_totals(sqlite_url, day) == expected_totals(cfg, day)
+
+        engine = sa.create_engine(sqlite_url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(report_tasks.c.date, report_tasks.c.revisions, report_tasks.c.last_changed_at,
+                                          report_tasks.c.last_fetched_at)).all()
+        engine.dispose()
+        by_day: dict[date, set[int]] = {}
+        for day, revisions, changed, fetched in rows:
+            by_day.setdefault(day, set()).add(revisions)
+            assert fetched is not None and changed is not None and changed <= fetched
+        assert by_day[late_day] == {2}  # changed once after it was first landed
+        assert by_day[D - timedelta(days=2)] == {1} and by_day[D] == {1}
+    finally:
+        _late(stack, {})
