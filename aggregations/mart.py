@@ -80,7 +80,29 @@ mart_mtd_advertiser_media = sa.Table(
     comment="month-to-date (1st of the month .. as_of_date) per advertiser × media × currency",
 )
 
-MART_TABLES = (mart_daily_campaign, mart_daily_advertiser, mart_mtd_advertiser_media)
+#: which numbers are final: rewritten by every nightly run (``ingest.freshness``)
+mart_freshness = sa.Table(
+    "mart_freshness",
+    metadata,
+    sa.Column("media", sa.String(63), primary_key=True),
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("advertiser", sa.String(63), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False, comment="the account's zone: its dates are local dates"),
+    sa.Column("latest_complete_date", sa.Date, comment="the latest date fetched and published"),
+    sa.Column("final_through", sa.Date, nullable=False,
+              comment="dates up to here are outside the refetch window: the platform no longer restates them"),
+    sa.Column("may_change_from", sa.Date, nullable=False,
+              comment="dates from here on are refetched nightly: late conversions may still raise them"),
+    sa.Column("missing_dates", sa.Text, nullable=False, default="", comment="never fetched (comma-separated)"),
+    sa.Column("failed_dates", sa.Text, nullable=False, default="", comment="fetch failed, no data"),
+    sa.Column("stale_dates", sa.Text, nullable=False, default="", comment="last refetch failed; older numbers shown"),
+    sa.Column("partial_dates", sa.Text, nullable=False, default="", comment="fetched, not yet in the marts"),
+    sa.Column("last_fetched_at", sa.DateTime(timezone=True)),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+    comment="per media × account: which dates are final, which may still change, which are missing",
+)
+
+MART_TABLES = (mart_daily_campaign, mart_daily_advertiser, mart_mtd_advertiser_media, mart_freshness)
 
 
 def create_mart(engine: sa.Engine) -> None:

@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--run", dest="run_id", help="a run id instead of a date")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    fresh = sub.add_parser("freshness", parents=[common], epilog=EPILOG,
+                           help="is every expected date there? missing, partial, failed or stale per media and account",
+                           description="Checks each account's yesterday (in its time zone) back --days days, or one "
+                                       "--date, from the ledger only (read-only, no API calls). Exit 0 when every "
+                                       "expected date is fetched and published, 3 otherwise.")
+    fresh.add_argument("--date", type=parse_date, help="check this one date only")
+    fresh.add_argument("--days", type=int, default=7, help="how many days back from yesterday to check (default 7)")
+    fresh.add_argument("--media", help="only this media")
+    fresh.add_argument("--json", action="store_true", help="machine-readable output")
+    fresh.add_argument("--notify", action="store_true", help="post what is missing to the webhook ($INGEST_WEBHOOK_URL)")
+
+    sub.add_parser("migrate", parents=[common], help="bring the ledger's schema up to this version (runs do it too)")
+
     ui = sub.add_parser("ui", parents=[common], help="the read-only run-history web page (docs/operations.md)",
                         description="Serve the run history, each run's media × date grid, failures and a 30-night chart "
                                     "from the ledger. Read-only. Binding to anything but 127.0.0.1/localhost requires "
@@ -280,6 +293,21 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         from ingest.ui import serve
 
         return serve(cfg, host=args.host, port=args.port, environ=os.environ, config_arg=args.config)
+    if args.command == "freshness":
+        from ingest.freshness import run_freshness
+
+        if args.days < 1:
+            raise UsageError("--days must be at least 1")
+        media = [_media_arg(cfg, args.media)[0]] if args.media else None
+        return run_freshness(cfg, day=args.date, days=args.days, media=media, as_json=args.json, notify=args.notify)
+    if args.command == "migrate":
+        from ingest.clients import rdb_engine
+        from ingest.ledger import Ledger
+
+        ledger = Ledger(rdb_engine(cfg.database_url()))
+        ledger.migrate()
+        print("ledger schema is current")
+        return EXIT_SUCCESS
     if args.command == "status":
         from ingest.status import print_status
 

@@ -208,6 +208,7 @@ class NightlyJob:
             # every partition that changed since its last good stage 2 — also by a run that died
             if req.stage2:
                 report.stage2 = self._stage2(run_id, self.ledger.pending_partitions(req.media, touched), store)
+                self._publish_freshness()
             report.stage2_s = time.perf_counter() - started
         except BaseException as exc:
             self.ledger.close_run(run_id, "aborted", self._counts(report))
@@ -332,6 +333,16 @@ class NightlyJob:
         for (media, day), part in result.partitions.items():
             self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.error or part.detail)
         return result
+
+    def _publish_freshness(self) -> None:
+        """``mart_freshness`` for analysts: every account's last month, as the ledger now has it."""
+        from ingest.freshness import check_freshness, publish_freshness
+
+        days = max([7] + [(s.lookback_days or 0) + 1 for s in self.cfg.media.values()])
+        try:
+            publish_freshness(self.engine, check_freshness(self.cfg, self.ledger, days=days))
+        except Exception as exc:  # noqa: BLE001 - the marts themselves are published; this is their label
+            log.warning("freshness_not_published", reason=f"{type(exc).__name__}: {exc}"[:300])
 
     # -- outcome ------------------------------------------------------------------------------
     def _outcome(self, report: RunReport) -> tuple[str, int]:

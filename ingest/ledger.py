@@ -193,6 +193,24 @@ class Ledger:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+    def schema_behind(self) -> str | None:
+        """Why the ledger's schema is not at this code's head (None when it is), without
+        changing anything: read-only commands say so instead of migrating."""
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn, opts={"version_table": "ingest_alembic_version"}).get_current_revision()
+        if current == head:
+            return None
+        where = self.engine.url.render_as_string(hide_password=True)
+        return (f"the ledger at {where} is at schema {current or 'none (empty database)'}, this version needs {head}: "
+                f"run `python -m ingest migrate` (or any run, which migrates first)")
+
     # -- one run per (media, date) at a time ----------------------------------------------
     def acquire(self, run_id: str, partitions: Iterable[tuple[str, date]], *, stale_after_s: float, take_over: bool = False) -> list[str]:
         """Lock every partition for ``run_id`` or none. Return the runs whose stale locks were taken.

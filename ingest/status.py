@@ -14,7 +14,7 @@
      "totals": {reports, done, failed, open},
      "failed": 3}                          # failed reports + failed stage-2 partitions
 
-Exit code: 3 when ``failed`` > 0, else 0.
+Exit code: 3 when ``failed`` > 0 or nothing at all is recorded for the date (a missed night), else 0.
 """
 
 from __future__ import annotations
@@ -117,7 +117,12 @@ def print_status(cfg: PipelineConfig, *, day: date | None, run_id: str | None, a
     for lk in doc["locks"]:
         print(f"LOCKED {lk['media']} {lk['date']} by run {lk['run_id']} ({lk['holder']}, heartbeat {lk['age_s']:.0f}s ago)")
     if not doc["cells"]:
-        print(f"nothing recorded for {doc['date']}" if doc["date"] else "no reports recorded")
+        if doc["date"] and not run_id:
+            # a night that never ran is a problem, not a quiet zero
+            print(f"nothing recorded for {doc['date']}: no run fetched this date (a missed night?) "
+                  f"→ python -m ingest run --date {doc['date']}; python -m ingest freshness shows every gap")
+            return EXIT_PARTIAL
+        print("no reports recorded")
         return code
     if doc["runs"] or doc["locks"]:
         print()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from ingest.cli import main
 from ingest.config import load_config
-from ingest.job import EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE
+from ingest.job import EXIT_LOCKED, EXIT_PARTIAL, EXIT_SUCCESS, EXIT_USAGE
 from ingest.ledger import Ledger, locks, now, runs
 from ingest.progress import NoProgress, RichProgress, for_terminal
 from sandbox.cli import main as sandbox_main
@@ -167,8 +167,10 @@ def test_rerun_failed_with_nothing_to_do_exits_0(db: Path, capsys: pytest.Captur
 
 
 def test_status_of_an_empty_date_and_an_unknown_run(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--config", str(LOCAL), "status", "--date", PAST]) == EXIT_SUCCESS
-    assert f"nothing recorded for {PAST}" in capsys.readouterr().out
+    # a date no run fetched is a missed night: exit 3, with the command that fills it
+    assert main(["--config", str(LOCAL), "status", "--date", PAST]) == EXIT_PARTIAL
+    out = capsys.readouterr().out
+    assert f"nothing recorded for {PAST}" in out and f"ingest run --date {PAST}" in out
     assert main(["--config", str(LOCAL), "status", "--run", "run-nope"]) == EXIT_SUCCESS
     assert "no run run-nope" in capsys.readouterr().out
 
