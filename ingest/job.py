@@ -150,6 +150,8 @@ class NightlyJob:
         self.engine = rdb_engine(cfg.database_url())
         self.ledger = Ledger(self.engine)
         self._writer: _LedgerWriter | None = None
+        #: a forced run (rerun, --force) republishes what it fetched even when unchanged
+        self._republish = False
         self.notifier = Notifier(cfg.notify, self.environ)
 
     def secrets(self, media: list[str]) -> dict[str, dict[str, Secret]]:
@@ -161,6 +163,7 @@ class NightlyJob:
         if unknown:
             raise ConfigError(f"unknown media: {', '.join(unknown)} (configured: {', '.join(self.cfg.media)})")
         secrets = self.secrets(req.media)
+        self._republish = req.force
         self.ledger.migrate()
         if req.yesterday_per_account:
             from ingest.timezones import AccountTimezones
@@ -248,7 +251,7 @@ class NightlyJob:
         deadline = time.time() + self.cfg.run_deadline_s
 
         async def main() -> None:
-            self._writer = _LedgerWriter(self.ledger, run_id)
+            self._writer = _LedgerWriter(self.ledger, run_id, republish=self._republish)
             writer = asyncio.create_task(self._writer.run())
             try:
                 await asyncio.gather(*(self._drive_media(run_id, m, keys, secrets[m], deadline, report)
@@ -303,7 +306,7 @@ class NightlyJob:
         if self._writer is not None:
             self._writer.put(event)
         else:  # outside a fetch (no stream to keep up with): write at once
-            self.ledger.apply(run_id, event)
+            self.ledger.apply(run_id, event, republish=self._republish)
         if event.kind == "breaker_open":
             self.notifier.breaker_open(run_id, event)  # background thread; never raises
         if event.kind == "request_retry":
@@ -376,9 +379,10 @@ class _LedgerWriter:
 
     _CLOSE = object()
 
-    def __init__(self, ledger: Ledger, run_id: str, max_batch: int = 500) -> None:
+    def __init__(self, ledger: Ledger, run_id: str, max_batch: int = 500, republish: bool = False) -> None:
         self.ledger = ledger
         self.run_id = run_id
+        self.republish = republish
         self.max_batch = max_batch
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.batches = 0
@@ -399,7 +403,7 @@ class _LedgerWriter:
                 closing = True
                 batch.pop()
             if batch:
-                await asyncio.to_thread(self.ledger.apply_many, self.run_id, batch)
+                await asyncio.to_thread(self.ledger.apply_many, self.run_id, batch, republish=self.republish)
                 self.batches += 1
 
 

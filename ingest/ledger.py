@@ -312,18 +312,21 @@ class Ledger:
                     "started_at": None, "finished_at": None, "duration_s": None,
                 }, ["media", "account_id", "date"]))
 
-    def apply(self, run_id: str, event: Event) -> None:
+    def apply(self, run_id: str, event: Event, *, republish: bool = False) -> None:
         """Record one supervisor event."""
-        self.apply_many(run_id, [event])
+        self.apply_many(run_id, [event], republish=republish)
 
-    def apply_many(self, run_id: str, events: list[Event]) -> None:
-        """Record events in order, in one transaction (the driver batches what arrived together)."""
+    def apply_many(self, run_id: str, events: list[Event], *, republish: bool = False) -> None:
+        """Record events in order, in one transaction (the driver batches what arrived together).
+        ``republish``: a forced re-fetch (an operator's ``rerun``) sends its partitions to stage 2
+        even when their content did not change — the operator asked for them to be redone."""
         changed: set[tuple[str, date]] = set()
         with self.engine.begin() as conn:
             for event in events:
-                self._apply(conn, run_id, event, changed)
+                self._apply(conn, run_id, event, changed, republish)
 
-    def _apply(self, conn: sa.Connection, run_id: str, event: Event, changed: set[tuple[str, date]]) -> None:
+    def _apply(self, conn: sa.Connection, run_id: str, event: Event, changed: set[tuple[str, date]],
+               republish: bool = False) -> None:
         """The single place a task's status changes. ``changed``: partitions already marked
         pending for stage 2 in this transaction (one upsert per partition, not per report)."""
         key = event.key
@@ -344,13 +347,13 @@ class Ledger:
             r = event.result
             days = r.days or (DayResult(key.day, r.totals, "", ""),)  # results without days: older callers
             for d in days:
-                self._land_day(conn, run_id, ReportKey(key.media, key.account, d.day), d, r, values, at, changed)
+                self._land_day(conn, run_id, ReportKey(key.media, key.account, d.day), d, r, values, at, changed, republish)
             return
         values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
         conn.execute(report_tasks.update().where(where).values(**values))
 
     def _land_day(self, conn: sa.Connection, run_id: str, key: ReportKey, d: DayResult, r: ReportResult,
-                  values: dict[str, Any], at: datetime, changed: set[tuple[str, date]]) -> None:
+                  values: dict[str, Any], at: datetime, changed: set[tuple[str, date]], republish: bool = False) -> None:
         """One day of a done report: its sums, and whether its content changed since it was last
         landed. Only a changed day (or a first one) sends its partition to stage 2 again."""
         before = conn.execute(sa.select(report_tasks.c.content_hash, report_tasks.c.revisions)
@@ -364,7 +367,7 @@ class Ledger:
         if differs:
             row.update(revisions=revisions + 1, last_changed_at=at)
         conn.execute(report_tasks.update().where(_task_is(key)).values(**row))
-        if differs and (key.media, key.day) not in changed:
+        if (differs or republish) and (key.media, key.day) not in changed:
             # the partition changed: stage 2 must (re)load it, even if this driver dies now
             changed.add((key.media, key.day))
             conn.execute(_upsert(self.engine, stage_steps, {

@@ -77,7 +77,8 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         days = [validate_date(cfg, args.date)] if args.date else []  # bad input: nothing started
         stack.up()
         # like the nightly: without --date, each account's own yesterday in its time zone
-        code = run_job(cfg, RunRequest("demo", days, cfg.media_names(), force=True, yesterday_per_account=not days), False)
+        code = run_job(cfg, RunRequest("demo", days, cfg.media_names(), force=True, yesterday_per_account=not days,
+                                        lookback=True), False)
         print(f"  local stack still running (stop: python -m sandbox down); ledger and marts in {cfg.database_url()}")
         return code
     return EXIT_SUCCESS

@@ -127,7 +127,8 @@ def make_config(tmp_path: Path) -> Callable[..., PipelineConfig]:
             "base_dir": str(tmp_path),
         }
         if spec.sim_ports:
-            over["media"] = {m: {"base_url": spec.sim_url(m)} for m in spec.sim_ports}
+            # lookback 0: each test fetches exactly its dates unless it sets lookback_days (late-data tests do)
+            over["media"] = {m: {"base_url": spec.sim_url(m), "lookback_days": 0} for m in spec.sim_ports}
             for m, (path, _) in TOKEN_ENDPOINTS.items():  # the simulators' OAuth endpoints
                 if m in over["media"]:
                     over["media"][m]["token_url"] = spec.sim_url(m) + path

@@ -69,8 +69,8 @@ def test_a_complete_date_exits_0_and_a_missed_night_or_account_exits_3(db: str, 
     bad = [a for a in doc["accounts"] if not a["ok"]]
     assert [(a["media"], a["account_id"], a["missing"]) for a in bad] == [("meta", "100200301", ["2026-11-28"])]
     assert bad[0]["latest_complete_date"] == "2026-11-29"
-    # the window: Meta restates 28 days, so 2026-11-01 onwards may still change; before that is final
-    assert (bad[0]["may_change_from"], bad[0]["final_through"]) == ("2026-11-01", "2026-10-31")
+    # the window: the local profile refetches 3 days, so 2026-11-26 onwards may still change
+    assert (bad[0]["may_change_from"], bad[0]["final_through"]) == ("2026-11-26", "2026-11-25")
 
 
 def test_partial_failed_and_stale_are_told_apart() -> None:
@@ -100,7 +100,7 @@ def test_partial_failed_and_stale_are_told_apart() -> None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(mart_freshness).where(mart_freshness.c.account_id == "100200300")).mappings().one()
     assert row["failed_dates"] == "2026-11-28" and row["stale_dates"] == "2026-11-27" and row["partial_dates"] == "2026-11-29"
-    assert row["may_change_from"] == date(2026, 11, 1)
+    assert row["may_change_from"] == date(2026, 11, 26)
 
 
 def test_notify_posts_what_is_missing(db: str) -> None:
