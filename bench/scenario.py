@@ -2,7 +2,8 @@
 
     python -m bench.scenario '<json spec>'   → prints ``RESULT {json}`` as its last line
 
-Kinds: ``pipeline`` (the product: NightlyJob through Ray supervisors), ``naive`` (what a team
+Kinds: ``pipeline`` (the product: NightlyJob through Ray supervisors), ``late`` (nights with the
+refetch window, before and after the platforms restate a few days), ``naive`` (what a team
 would write without it: asyncio + httpx, fixed retries with a fixed sleep, no shared quota),
 ``publish`` (RDB publish vs raw COPY). The local stack is started by bench/run.py; the spec
 carries its endpoints.
@@ -68,6 +69,7 @@ def build_config(spec: dict[str, Any], workdir: Path) -> Any:
             "breaker": {"failure_threshold": 50, "open_s": 1.0},
             **({"options": {"mode": spec["meta_mode"], "page_limit": spec.get("page_size", 500)}}
                if media == "meta" and spec.get("meta_mode") else {}),
+            "lookback_days": spec.get("lookback", {}).get(media, 0),
         }
     return load_config(REPO / "config" / "local.yaml", {
         "gcs": {"bucket": spec["bucket"], "endpoint": stack["gcs"]},
@@ -218,6 +220,53 @@ async def _naive(spec: dict[str, Any], cfg: Any, attempts: int, sleep_s: float, 
     return ok, failed
 
 
+def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Issue 15's figures: a nightly with each media's refetch window against the same night
+    without one, then a night after the platforms restated a few days of the window."""
+    from ingest.job import NightlyJob, RunRequest
+
+    configure_sims(spec)
+    for media in spec["media"]:
+        sim_call(spec["stack"]["sims"][media], "/_sim/config", {"late_conversions": {}})
+    cfg = build_config(spec, workdir)
+    last = date.fromisoformat(spec["last_date"])
+    accounts = {m: spec["media"][m]["accounts"] for m in spec["media"]}
+
+    def night(day: date, lookback: bool) -> tuple[Any, dict[str, int], float]:
+        before = {m: s["requests"] for m, s in sim_stats(spec).items()}
+        started = time.perf_counter()
+        report = NightlyJob(cfg).execute(RunRequest("run", [day], cfg.media_names(), lookback=lookback))
+        took = time.perf_counter() - started
+        after = {m: s["requests"] for m, s in sim_stats(spec).items()}
+        return report, {m: after[m] - before[m] for m in after}, took
+
+    baseline, base_req, base_s = night(last - timedelta(days=1), lookback=False)  # yesterday only
+    first, first_req, first_s = night(last, lookback=True)  # first night with the window: every day is new
+    changed = [last - timedelta(days=d) for d in (2, 5, 9)]  # the platforms restate three days
+    for media in spec["media"]:
+        sim_call(spec["stack"]["sims"][media], "/_sim/config", {"late_conversions": {d.isoformat(): 3 for d in changed}})
+    second, second_req, second_s = night(last + timedelta(days=1), lookback=True)
+    per_account = {m: {"no_lookback": round(base_req[m] / accounts[m], 2), "with_lookback": round(second_req[m] / accounts[m], 2),
+                       "ratio": round(second_req[m] / base_req[m], 2), "lookback_days": spec["lookback"][m]}
+                   for m in spec["media"]}
+
+    def stage(r: Any) -> dict[str, Any]:
+        s2 = r.stage2
+        return {"partitions_published": len(s2.partitions) if s2 else 0, "bq_load_jobs": s2.bq_load_jobs if s2 else 0,
+                "bq_query_jobs": s2.bq_query_jobs if s2 else 0, "stage2_s": round(r.stage2_s, 1)}
+
+    return {
+        "accounts": sum(accounts.values()), "outcomes": [baseline.outcome, first.outcome, second.outcome],
+        "requests_per_account": per_account,
+        "max_request_ratio": max(v["ratio"] for v in per_account.values()),
+        "no_lookback_night": {**stage(baseline), "wall_s": round(base_s, 1)},
+        "first_night": {**stage(first), "wall_s": round(first_s, 1)},
+        "restated_night": {**stage(second), "wall_s": round(second_s, 1), "days_restated": len(changed),
+                           "partitions_expected": len(spec["media"]) * (len(changed) + 1)},
+        "media_tables": len(spec["media"]),
+    }
+
+
 def run_naive(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from bench.procs import Sampler
 
@@ -245,7 +294,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     kind = spec["kind"]
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
-        result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish}[kind](spec, Path(tmp))
+        result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish, "late": run_late}[kind](spec, Path(tmp))
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 

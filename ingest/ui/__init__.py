@@ -47,7 +47,8 @@ def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: M
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     suffix = f" --config {shlex.quote(config_arg)}" if config_arg else ""
-    app = create_app(LedgerReader(engine), token=token, page_size=cfg.ui.page_size, cmd_suffix=suffix)
+    app = create_app(LedgerReader(engine), token=token, page_size=cfg.ui.page_size, cmd_suffix=suffix,
+                     timezone=cfg.timezone)
     shown = f"[{host}]" if ":" in host else host
     log.info("ui_listening", url=f"http://{shown}:{port}/", token_required=bool(token))
     print(f"ingest ui: http://{shown}:{port}/" + ("  (access token required: ?token=… once, then a cookie)" if token else ""),

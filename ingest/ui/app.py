@@ -183,13 +183,13 @@ async def runs_list(request: web.Request) -> web.Response:
         rows, total = reader.runs(page=page_no, page_size=size, day=day, media=media, outcome=outcome)
         names = reader.media_names()
         nights = reader.nights(30)
-        return rows, total, names, nights
+        return rows, total, names, nights, reader.current_failed(rows)
 
-    rows, total, names, nights = await _db(load)
+    rows, total, names, nights, current = await _db(load)
     filters = {"date": day.isoformat() if day else None, "media": media, "outcome": outcome}
     svg = render.chart(nights, names)
     return _html(render.runs_page(rows, total, page_no=page_no, page_size=size, filters=filters, media_names=names,
-                                  chart_svg=svg))
+                                  chart_svg=svg, current=current))
 
 
 def _run_id(request: web.Request) -> str:
@@ -270,7 +270,9 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def create_app(reader: LedgerReader, *, token: str | None = None, page_size: int = 50, cmd_suffix: str = "") -> web.Application:
+def create_app(reader: LedgerReader, *, token: str | None = None, page_size: int = 50, cmd_suffix: str = "",
+               timezone: str = "UTC") -> web.Application:
+    render.set_display_timezone(timezone)
     app = web.Application(middlewares=[_access_log, _headers_and_errors, _auth_middleware(token)])
     app[READER] = reader
     app[SETTINGS] = {"page_size": page_size, "cmd_suffix": cmd_suffix}

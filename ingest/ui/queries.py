@@ -260,15 +260,21 @@ class LedgerReader:
 
     # -- the chart: the last 30 nights ---------------------------------------------------------
     def nights(self, limit: int = 30) -> list[dict[str, Any]]:
-        """Per report date of the nightly runs (newest ``limit`` dates): per media, how long its
-        fetch took (run start → its last report settled, summed over that night's runs) and how
-        many reports failed (failed events), from the event history (never overwritten)."""
-        r, e = runs, task_events
+        """The last ``limit`` calendar days up to the newest nightly date, one entry each: per
+        media, how long its fetch took (run start → its last report settled, summed over that
+        night's runs) and how many reports failed then (from the event history, never
+        overwritten); ``missing`` when no nightly run covered the day (a gap on the chart, not
+        a hidden one); ``now_failed``: reports of that date failed *now* (a successful rerun
+        clears it, the night's earlier outcomes stay in ``outcomes``)."""
+        r, e, t = runs, task_events, report_tasks
         with self.engine.connect() as conn:
-            days = conn.execute(sa.select(r.c.date_to).where(r.c.kind.in_(NIGHTLY_KINDS)).group_by(r.c.date_to)
-                                .order_by(r.c.date_to.desc()).limit(limit)).scalars().all()
-            if not days:
+            newest = conn.execute(sa.select(sa.func.max(r.c.date_to)).where(r.c.kind.in_(NIGHTLY_KINDS))).scalar()
+            if newest is None:
                 return []
+            newest = _as_date(newest)
+            calendar = [date.fromordinal(newest.toordinal() - i) for i in range(limit - 1, -1, -1)]
+            days = conn.execute(sa.select(r.c.date_to).where(r.c.kind.in_(NIGHTLY_KINDS), r.c.date_to >= calendar[0])
+                                .group_by(r.c.date_to)).scalars().all()
             run_rows = conn.execute(sa.select(r.c.run_id, r.c.date_to, r.c.started_at, r.c.finished_at, r.c.outcome)
                                     .where(r.c.kind.in_(NIGHTLY_KINDS), r.c.date_to.in_(days))).mappings().all()
             by_run = {x["run_id"]: dict(x) for x in run_rows}
@@ -277,10 +283,17 @@ class LedgerReader:
                 sa.func.sum(sa.case((e.c.kind == "failed", 1), else_=0)).label("failed"),
                 sa.func.count().label("settled"),
             ).where(e.c.run_id.in_(list(by_run)), e.c.kind.in_(("done", "failed"))).group_by(e.c.run_id, e.c.media)).mappings().all()
+            current = conn.execute(sa.select(
+                t.c.date, sa.func.count().label("reports"),
+                sa.func.sum(sa.case((t.c.status == "failed", 1), else_=0)).label("failed"),
+            ).where(t.c.date.in_(calendar)).group_by(t.c.date)).mappings().all()
+        now = {_as_date(c["date"]): (int(c["reports"]), int(c["failed"] or 0)) for c in current}
         nights: dict[date, dict[str, Any]] = {}
-        for d in days:
-            nights[_as_date(d)] = {"date": _as_date(d), "media": defaultdict(lambda: {"duration_s": 0.0, "failed": 0, "settled": 0}),
-                                   "outcomes": []}
+        have = {_as_date(d) for d in days}
+        for d in calendar:
+            reports, failed = now.get(d, (0, 0))
+            nights[d] = {"date": d, "media": defaultdict(lambda: {"duration_s": 0.0, "failed": 0, "settled": 0}),
+                         "outcomes": [], "missing": d not in have, "now_reports": reports, "now_failed": failed}
         for run in by_run.values():
             nights[_as_date(run["date_to"])]["outcomes"].append(run["outcome"])
         for a in agg:
@@ -292,6 +305,27 @@ class LedgerReader:
             n["failed"] += int(a["failed"] or 0)
             n["settled"] += int(a["settled"] or 0)
         return [{**v, "media": dict(v["media"])} for _, v in sorted(nights.items())]
+
+    def current_failed(self, rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+        """Per run of ``rows``: (reports, failed) of its dates and media as the ledger has them
+        *now* — what the data looks like after any rerun, beside the run's own outcome."""
+        if not rows:
+            return {}
+        first = min(_as_date(r["date_from"]) for r in rows)
+        last = max(_as_date(r["date_to"]) for r in rows)
+        t = report_tasks
+        with self.engine.connect() as conn:
+            cells = conn.execute(sa.select(
+                t.c.date, t.c.media, sa.func.count().label("reports"),
+                sa.func.sum(sa.case((t.c.status == "failed", 1), else_=0)).label("failed"),
+            ).where(t.c.date.between(first, last)).group_by(t.c.date, t.c.media)).mappings().all()
+        out = {}
+        for r in rows:
+            media = set((r["media"] or "").split(","))
+            lo, hi = _as_date(r["date_from"]), _as_date(r["date_to"])
+            mine = [c for c in cells if c["media"] in media and lo <= _as_date(c["date"]) <= hi]
+            out[r["run_id"]] = (sum(int(c["reports"]) for c in mine), sum(int(c["failed"] or 0) for c in mine))
+        return out
 
 
 def _state_rank(col: Any) -> Any:

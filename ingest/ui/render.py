@@ -9,9 +9,10 @@ from __future__ import annotations
 import html
 import shlex
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 from ingest.errors import redact
 from ingest.ui.queries import STATE_ORDER, Cell
@@ -53,11 +54,21 @@ def h(value: Any) -> str:
     return html.escape(redact(str(value)), quote=True)
 
 
+#: the zone times are shown in: the config's ``timezone`` (set by ``create_app``), where the
+#: operators and analysts are; the ledger stores UTC
+_DISPLAY_TZ: list[tzinfo] = [UTC]
+
+
+def set_display_timezone(name: str) -> None:
+    _DISPLAY_TZ[0] = ZoneInfo(name)
+
+
 def fmt_ts(ts: datetime | None) -> str:
     if ts is None:
         return ""
     ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    local = ts.astimezone(_DISPLAY_TZ[0])
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or "")
 
 
 def fmt_dur(seconds: float | None) -> str:
@@ -142,8 +153,17 @@ def pager(base: str, page_no: int, page_size: int, total: int, **params: Any) ->
 
 
 # -- pages --------------------------------------------------------------------------------------
+def now_badge(current: tuple[int, int] | None) -> str:
+    """What the run's dates look like *now* (after any rerun), beside the run's own outcome."""
+    if not current or not current[0]:
+        return ""
+    reports, failed = current
+    return badge("failed", f"{failed} failed") if failed else badge("success", "all done")
+
+
 def runs_page(rows: list[dict[str, Any]], total: int, *, page_no: int, page_size: int, filters: dict[str, Any],
-              media_names: Iterable[str], chart_svg: str) -> str:
+              media_names: Iterable[str], chart_svg: str, current: dict[str, tuple[int, int]] | None = None) -> str:
+    current = current or {}
     media_opts = "".join(f"<option value='{h(m)}'{' selected' if filters.get('media') == m else ''}>{h(m)}</option>"
                          for m in media_names)
     outcome_opts = "".join(f"<option{' selected' if filters.get('outcome') == o else ''}>{o}</option>"
@@ -160,13 +180,15 @@ def runs_page(rows: list[dict[str, Any]], total: int, *, page_no: int, page_size
         trs.append(
             f"<tr class='run {h(r['outcome'])}'><td><a class=run-link href='{h(run_url(r['run_id']))}'>{h(r['run_id'])}</a></td>"
             f"<td>{h(r['kind'])}</td><td>{h(dates)}</td><td>{h(r['media'].replace(',', ', '))}</td>"
-            f"<td>{badge(r['outcome'])}</td><td class=num>{ok}/{planned}</td><td class=num>{failed or ''}</td>"
+            f"<td>{badge(r['outcome'])}</td><td class=now>{now_badge(current.get(r['run_id']))}</td>"
+            f"<td class=num>{ok}/{planned}</td><td class=num>{failed or ''}</td>"
             f"<td class=num>{retries or ''}</td><td class=num>{fmt_dur(duration(r))}</td>"
             f"<td class='small muted'>{fmt_ts(r['started_at'])}<br>{h(r['started_by'])}</td></tr>")
     table = ("<table class=runs><thead><tr><th>run</th><th>kind</th><th>dates</th><th>media</th><th>outcome</th>"
+             "<th title='the state of these dates now, after any rerun'>now</th>"
              "<th class=num>ok/planned</th><th class=num>failed</th><th class=num>retries</th><th class=num>duration</th>"
              "<th>started</th></tr></thead><tbody>" + ("".join(trs) or
-                                                       "<tr><td colspan=10 class=muted>no runs match</td></tr>") + "</tbody></table>")
+                                                       "<tr><td colspan=11 class=muted>no runs match</td></tr>") + "</tbody></table>")
     body = (f"<h1>Runs</h1><h2>Last 30 nights</h2><div class=chart>{chart_svg}</div><h2>History</h2>{form}{table}"
             + pager("/", page_no, page_size, total, **filters))
     return page("runs", body, subtitle=f"{total} runs")
@@ -353,6 +375,9 @@ def chart(nights: list[dict[str, Any]], media: list[str]) -> str:
     for i, n in enumerate(nights):
         x0 = left + i * group_w + 2
         day = n["date"]
+        if n.get("missing"):  # a night no run covered: a visible gap, never a hidden one
+            out.append(f"<rect class='missing' x='{x0:.1f}' y='{top}' width='{group_w - 4:.1f}' height='{plot_h}' "
+                       f"fill='none' stroke='#9aa5b1' stroke-dasharray='3 3'><title>{h(day)}: no run</title></rect>")
         for j, m in enumerate(media):
             v = n["media"].get(m)
             if not v:
@@ -365,13 +390,22 @@ def chart(nights: list[dict[str, Any]], media: list[str]) -> str:
                 fh = max(2.0, fail_h * v["failed"] / max_f)
                 out.append(f"<rect class='fail' x='{x:.1f}' y='{base_f - fh:.1f}' width='{bar_w - 1:.1f}' height='{fh:.1f}' "
                            f"fill='{color[m]}' stroke='#d64545'><title>{h(day)} {h(m)}: {v['failed']} failed</title></rect>")
-        bad = any(o in ("failed", "partial", "aborted") for o in n["outcomes"])
+        was_bad = any(o in ("failed", "partial", "aborted") for o in n["outcomes"])
+        failed_now = n.get("now_failed", 1 if was_bad else 0)
         if i % max(1, n_nights // 10) == 0 or i == n_nights - 1:
             out.append(f"<text x='{x0}' y='{height - 20}' fill='#505a64'>{day.strftime('%m-%d')}</text>")
-        if bad:
-            out.append(f"<circle cx='{x0 + group_w / 2 - 2:.1f}' cy='{height - 8}' r='3' fill='#d64545'><title>{h(day)}: "
-                       f"{h(', '.join(n['outcomes']))}</title></circle>")
+        cx = f"{x0 + group_w / 2 - 2:.1f}"
+        if n.get("missing"):
+            out.append(f"<circle class='night-missing' cx='{cx}' cy='{height - 8}' r='3' fill='#9aa5b1'>"
+                       f"<title>{h(day)}: no run</title></circle>")
+        elif failed_now:  # its current state: still failed reports
+            out.append(f"<circle class='night-failed' cx='{cx}' cy='{height - 8}' r='3' fill='#d64545'><title>{h(day)}: "
+                       f"{failed_now} reports failed now (runs: {h(', '.join(n['outcomes']))})</title></circle>")
+        elif was_bad:  # it failed, and a rerun since made it whole: green, its history kept in the title
+            out.append(f"<circle class='night-fixed' cx='{cx}' cy='{height - 8}' r='3' fill='#2f9e44'><title>{h(day)}: "
+                       f"all done now (runs: {h(', '.join(n['outcomes']))})</title></circle>")
     out.append("</svg>")
-    legend = "<p class=legend>" + "".join(f"<span><i style='background:{color[m]}'></i>{h(m)}</span>" for m in media) + \
-        "<span class=muted>top: fetch duration · bottom: failed reports · red dot: night not fully successful</span></p>"
+    legend = "<p class=legend>" + "".join(f"<span><i style='background:{color[m]}'></i>{h(m)}</span>" for m in media) + (
+        "<span class=muted>top: fetch duration · bottom: failed reports · red dot: reports of that date failed now · "
+        "green dot: failed, since made whole by a rerun · dashed: no run that night</span></p>")
     return "".join(out) + legend

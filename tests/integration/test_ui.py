@@ -202,3 +202,48 @@ def test_pages_on_postgresql(pg_url: str) -> None:
     with pytest.raises(sa.exc.InternalError, match="read-only"):
         with read_only_engine(pg_url).begin() as conn:
             conn.execute(sa.text("DELETE FROM ingest_runs"))
+
+
+def test_history_shows_current_state_gaps_and_local_times(tmp_path: Path) -> None:
+    """A night that failed and was rerun shows green now (its partial run kept); a night no run
+    covered is a gap on the chart; times are in the configured zone."""
+    from datetime import date
+    from decimal import Decimal
+
+    from ingest.ledger import Ledger
+    from ingest.tasks import DayResult, Event, ReportKey, ReportResult, Totals
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(sa.create_engine(url))
+    ledger.migrate()
+    d1, d3 = date(2026, 11, 20), date(2026, 11, 22)  # 11-21: no run at all
+    ok, bad = ReportKey("meta", "1", d1), ReportKey("meta", "2", d1)
+
+    def done(key: ReportKey) -> Event:
+        t = Totals(1, 1, 1, Decimal(1), Decimal(0))
+        return Event("done", "meta", key, 1, result=ReportResult(key, t, 1, 1, ("gs://b/a",), 0.1,
+                                                                  (DayResult(key.day, t, f"h{key}", "gs://b/c"),)))
+
+    night = ledger.open_run("run", [d1], ["meta"])
+    ledger.plan(night, [ok, bad])
+    ledger.apply_many(night, [done(ok), Event("failed", "meta", bad, 3, error_kind="transient", message="HTTP 503")])
+    ledger.close_run(night, "partial", {})
+    third = ledger.open_run("run", [d3], ["meta"])
+    ledger.plan(third, [ReportKey("meta", "1", d3)])
+    ledger.apply(third, done(ReportKey("meta", "1", d3)))
+    ledger.close_run(third, "success", {})
+
+    (_, before, _, _), = get_pages(app_for(url, timezone="Asia/Tokyo"), ["/"])
+    assert "class='night-failed'" in before and "class='night-fixed'" not in before
+    assert before.count("class='missing'") == 28 and "2026-11-21: no run" in before  # 30 calendar days, 2 with runs
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} JST", before)  # the configured zone, not UTC
+
+    rerun = ledger.open_run("rerun", [d1], ["meta"])
+    ledger.plan(rerun, [bad])
+    ledger.apply(rerun, done(bad))
+    ledger.close_run(rerun, "success", {})
+    (_, after, _, _), = get_pages(app_for(url, timezone="Asia/Tokyo"), ["/"])
+    assert "class='night-fixed'" in after and "class='night-failed'" not in after
+    row = after[after.index(f"/runs/{night}"):]
+    row = row[:row.index("</tr>")]
+    assert "partial" in row and "all done" in row  # its own outcome kept, its dates' state now
