@@ -54,6 +54,7 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     out.append(("late data", {
         "kind": "late", "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS, "last_date": "2026-11-20",
         "lookback": {"meta": 28, "google_ads": 30, "yahoo_ads": 30},
+        "meta_mode": "async", "page_size": 500,  # as config/pipeline.yaml: async insights, 500 rows a page
         "media": {m: {"accounts": max(4, int(50 * k)), "quota_rps": 12 if m != "yahoo_ads" else 36} for m in MEDIA},
     }))
     days = 10

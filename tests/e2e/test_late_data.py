@@ -16,6 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from aggregations.mart import mart_freshness
 from ingest.config import PipelineConfig
 from ingest.job import NightlyJob, RunRequest
 from ingest.ledger import report_tasks
@@ -64,12 +65,18 @@ def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republishe
         with engine.connect() as conn:
             rows = conn.execute(sa.select(report_tasks.c.date, report_tasks.c.revisions, report_tasks.c.last_changed_at,
                                           report_tasks.c.last_fetched_at)).all()
-        engine.dispose()
         by_day: dict[date, set[int]] = {}
         for day, revisions, changed, fetched in rows:
             by_day.setdefault(day, set()).add(revisions)
             assert fetched is not None and changed is not None and changed <= fetched
         assert by_day[late_day] == {2}  # changed once after it was first landed
         assert by_day[D - timedelta(days=2)] == {1} and by_day[D] == {1}
+        # every run leaves analysts the picture of what is final: one mart_freshness row per account
+        with engine.connect() as conn:
+            fresh = conn.execute(sa.select(mart_freshness.c.media, mart_freshness.c.may_change_from,
+                                           mart_freshness.c.final_through)).all()
+        engine.dispose()
+        assert len(fresh) == accounts
+        assert all((may - final).days == 1 for _, may, final in fresh)
     finally:
         _late(stack, {})
