@@ -229,6 +229,11 @@ class NotifySettings(Strict):
     webhook_url_env: EnvName = "INGEST_WEBHOOK_URL"
     ui_base_url: str | None = Field(None, description="where `python -m ingest ui` is reachable; messages link to it")
     timeout_s: float = Field(5.0, gt=0, le=60)
+    max_attempts: int = Field(4, ge=1, le=10, description="posts of one message when the webhook fails transiently "
+                              "(connection error, timeout, HTTP 429/5xx); a 4xx is not retried")
+    retry_within_s: float = Field(30.0, gt=0, le=300, description="no retry starts later than this after the first "
+                                  "post: a message never holds up the end of a run for long")
+    backoff_min_s: float = Field(1.0, ge=0, le=60, description="first wait between posts (doubling, full jitter)")
     max_failed_items: int = Field(10, ge=0, le=50, description="failed reports listed in a message")
 
     @field_validator("ui_base_url")

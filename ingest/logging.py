@@ -17,6 +17,11 @@ One line looks like::
   passwords in URLs and the exact value of every credential this process has loaded;
 - records of the standard ``logging`` module (WARNING and above: google-cloud, aiohttp,
   alembic…) are routed through the same pipeline, so they are JSON and redacted as well.
+
+In a terminal (stderr is a TTY) lines are rendered for people instead — structlog's
+``ConsoleRenderer``: time, level, event, key=value — redacted the same way. Ray workers and
+``ray job`` logs are never TTYs, so what Cloud Logging reads stays JSON.
+``INGEST_LOG_FORMAT=json|console`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -97,8 +102,25 @@ class _StructlogHandler(logging.Handler):
             self.handleError(record)
 
 
-def processors() -> list[Any]:
+def console_wanted(environ: dict[str, str] | None = None, stream: Any = None) -> bool:
+    """Human lines when stderr is a terminal, JSON otherwise; ``INGEST_LOG_FORMAT`` decides first."""
+    choice = (environ if environ is not None else os.environ).get("INGEST_LOG_FORMAT", "").lower()
+    if choice in ("json", "console"):
+        return choice == "console"
+    stream = stream if stream is not None else sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def processors(console: bool = False) -> list[Any]:
     """The processor chain (also used by tests to render an event exactly as production does)."""
+    if console:
+        return [
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False, key="timestamp"),
+            structlog.processors.format_exc_info,  # a traceback becomes text, then is redacted like any value
+            _redact,
+            structlog.dev.ConsoleRenderer(colors=True),
+        ]
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -119,7 +141,7 @@ def configure_logging(level: int | None = None) -> None:
         level = logging.getLevelName(os.environ.get("INGEST_LOG_LEVEL", "INFO").upper())
         level = level if isinstance(level, int) else logging.INFO
     structlog.configure(
-        processors=processors(),
+        processors=processors(console=console_wanted()),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_stderr_factory,
         cache_logger_on_first_use=True,

@@ -184,24 +184,42 @@ class Notifier:
         return urlsplit(self.url or "").netloc.rsplit("@", 1)[-1]
 
     def send(self, kind: str, payload: dict[str, Any]) -> bool:
-        """POST one message; True if the webhook accepted it. Failures are logged, never raised."""
+        """POST one message; True if the webhook accepted it. A transient failure (connection,
+        timeout, 429/5xx) is posted again with the supervision backoff, for at most
+        ``max_attempts`` posts started within ``retry_within_s``; a 4xx is final. Failures are
+        logged, never raised."""
         if not self.url:
             return False
+        from ingest.config import RetrySettings
+        from ingest.supervision.policy import backoff_delay
+
+        s = self.settings
+        backoff = RetrySettings(backoff_min_s=s.backoff_min_s, backoff_max_s=max(s.backoff_min_s, 8.0))
         started = time.perf_counter()
-        try:
-            self._post(self.url, payload, self.settings.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a webhook must never fail the run
-            reason = (f"HTTP {exc.status}: {exc.body}" if isinstance(exc, WebhookRejected)
-                      else f"{type(exc).__name__}: {exc}")
-            log.warning("notify_failed", notification=kind, webhook_host=self._host(), reason=redact(reason)[:300],
-                        seconds=round(time.perf_counter() - started, 3))
+        for attempt in range(1, s.max_attempts + 1):
+            try:
+                self._post(self.url, payload, s.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a webhook must never fail the run
+                reason = (f"HTTP {exc.status}: {exc.body}" if isinstance(exc, WebhookRejected)
+                          else f"{type(exc).__name__}: {exc}")
+                transient = not isinstance(exc, WebhookRejected) or exc.status == 429 or exc.status >= 500
+                wait = backoff_delay(attempt, backoff)
+                if transient and attempt < s.max_attempts and time.perf_counter() - started + wait <= s.retry_within_s:
+                    log.info("notify_retry", notification=kind, webhook_host=self._host(), attempt=attempt,
+                             delay_s=round(wait, 2), reason=redact(reason)[:300])
+                    time.sleep(wait)
+                    continue
+                log.warning("notify_failed", notification=kind, webhook_host=self._host(), reason=redact(reason)[:300],
+                            attempts=attempt, seconds=round(time.perf_counter() - started, 3))
+                with self._lock:
+                    self.sent.append((kind, False))
+                return False
+            log.info("notify_sent", notification=kind, webhook_host=self._host(), attempts=attempt,
+                     seconds=round(time.perf_counter() - started, 3))
             with self._lock:
-                self.sent.append((kind, False))
-            return False
-        log.info("notify_sent", notification=kind, webhook_host=self._host(), seconds=round(time.perf_counter() - started, 3))
-        with self._lock:
-            self.sent.append((kind, True))
-        return True
+                self.sent.append((kind, True))
+            return True
+        return False
 
     # -- what the driver calls --------------------------------------------------------------
     def breaker_open(self, run_id: str, event: Any) -> None:

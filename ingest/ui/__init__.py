@@ -46,6 +46,12 @@ def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: M
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from ingest.ledger import Ledger
+
+    behind = Ledger(engine).schema_behind()  # read-only: never migrates, says what to run
+    if behind:
+        print(f"error: {behind}", file=sys.stderr)
+        return EXIT_USAGE
     suffix = f" --config {shlex.quote(config_arg)}" if config_arg else ""
     app = create_app(LedgerReader(engine), token=token, page_size=cfg.ui.page_size, cmd_suffix=suffix,
                      timezone=cfg.timezone)

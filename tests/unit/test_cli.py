@@ -166,7 +166,15 @@ def test_rerun_failed_with_nothing_to_do_exits_0(db: Path, capsys: pytest.Captur
     assert f"nothing failed or unfinished for {PAST}" in capsys.readouterr().out
 
 
+def test_status_is_read_only_and_names_the_migration(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(LOCAL), "status", "--date", PAST]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run `python -m ingest migrate`" in err
+    assert not db.exists() or sa.inspect(sa.create_engine(f"sqlite:///{db}")).get_table_names() == []
+
+
 def test_status_of_an_empty_date_and_an_unknown_run(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(LOCAL), "migrate"]) == EXIT_SUCCESS
     # a date no run fetched is a missed night: exit 3, with the command that fills it
     assert main(["--config", str(LOCAL), "status", "--date", PAST]) == EXIT_PARTIAL
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ import pytest
 from ingest.config import NotifySettings, load_config
 from ingest.job import MediaSummary, NightlyJob, RunReport
 from ingest.logging import configure_logging
-from ingest.notify import Notifier, run_message
+from ingest.notify import Notifier, WebhookRejected, run_message
 from sandbox.stack import free_port
 from ingest.tasks import Event, ReportKey
 from tests.webhook import Receiver
@@ -73,9 +73,9 @@ def test_failing_webhook_is_logged_and_never_raises(case: str, capsys: pytest.Ca
 
     def notify(url: str) -> bool:
         started = time.monotonic()
-        ok = Notifier(settings(timeout_s=0.5), {"INGEST_WEBHOOK_URL": url}).run_finished(
-            report(), run_row(), kind="run", dates=("a", "a"))
-        assert time.monotonic() - started < 2.0  # bounded by notify.timeout_s
+        ok = Notifier(settings(timeout_s=0.5, max_attempts=3, backoff_min_s=0.05, retry_within_s=1.0),
+                      {"INGEST_WEBHOOK_URL": url}).run_finished(report(), run_row(), kind="run", dates=("a", "a"))
+        assert time.monotonic() - started < 3.5  # bounded: 3 posts of ≤ 0.5 s, retries start within 1 s
         return ok
 
     if case == "refused":
@@ -83,11 +83,13 @@ def test_failing_webhook_is_logged_and_never_raises(case: str, capsys: pytest.Ca
     else:
         with Receiver(status=500 if case == "http_500" else 200, delay_s=1.5 if case == "timeout" else 0.0) as rx:
             ok = notify(rx.url)
-            assert len(rx.posts) == 1
+            assert 2 <= len(rx.posts) <= 3  # a transient failure is posted again, a bounded number of times
     assert ok is False
     err = capsys.readouterr().err
+    retried = [json.loads(x) for x in err.splitlines() if '"notify_retry"' in x]
+    assert retried and "webhook-path-secret" not in json.dumps(retried)
     failed = [json.loads(x) for x in err.splitlines() if '"notify_failed"' in x]
-    assert len(failed) == 1 and failed[0]["severity"] == "WARNING"
+    assert len(failed) == 1 and failed[0]["severity"] == "WARNING" and failed[0]["attempts"] >= 2
     assert failed[0]["webhook_host"].startswith("127.0.0.1:")
     assert {"http_500": "HTTP 500", "refused": "ConnectError", "timeout": "Timeout"}[case] in failed[0]["reason"]
     assert "webhook-path-secret" not in err  # the webhook URL is a credential: only its host is logged
@@ -117,3 +119,24 @@ def test_breaker_open_event_notifies_from_the_driver(tmp_path: Path) -> None:
     assert "meta circuit breaker OPEN (cycle 1) in run run-x" in msg["text"]
     assert "<http://ops:8080/runs/run-x|open>" in msg["text"] and "100200300" in msg["text"]
     assert [e["kind"] for e in job.ledger.events("run-x")] == ["breaker_open", "breaker_open"]
+
+
+def test_a_webhook_that_recovers_gets_the_message_and_a_4xx_is_not_retried() -> None:
+    calls: list[str] = []
+
+    def flaky(url: str, payload: dict[str, Any], timeout_s: float) -> None:
+        calls.append(url)
+        if len(calls) < 3:
+            raise WebhookRejected(503, "busy")
+
+    n = Notifier(settings(backoff_min_s=0.01), {"INGEST_WEBHOOK_URL": "http://hook.test/services/x"}, post=flaky)
+    assert n.send("run_finished", {"text": "x"}) is True and len(calls) == 3 and n.sent == [("run_finished", True)]
+
+    calls.clear()
+
+    def gone(url: str, payload: dict[str, Any], timeout_s: float) -> None:
+        calls.append(url)
+        raise WebhookRejected(404, "no_service")
+
+    n = Notifier(settings(backoff_min_s=0.01), {"INGEST_WEBHOOK_URL": "http://hook.test/services/x"}, post=gone)
+    assert n.send("run_finished", {"text": "x"}) is False and len(calls) == 1  # a wrong URL does not heal
