@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ingest.config import PipelineConfig, check_account, load_config
-from ingest.errors import ConfigError
-from ingest.job import EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
+from ingest.errors import ConfigError, redact
+from ingest.job import EXIT_FAILED, EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
 from ingest.ledger import LockedError
 from ingest.logging import configure_logging
 
@@ -28,12 +28,17 @@ class UsageError(ConfigError):
     pass
 
 
-EPILOG = ("Exit codes: 0 success, 2 bad input (nothing started), 3 partial failure, 4 total failure, "
+EPILOG = ("Exit codes: 0 success, 2 bad input (nothing started), 3 partial failure, 4 total failure (also: a "
+          "database, bucket or dataset the run needs is unreachable or refused: one line names it), "
           "5 refused because another live run holds the same media and date (nothing started).")
 
 
 class Parser(argparse.ArgumentParser):
     """Bad arguments: one line naming the problem, exit code 2 (no usage dump)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # flags are spelled out: `--dry` is not `--dry-run`
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-fetch reports already done (idempotent: nothing duplicates)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan the night (reports, dates, requests, time at quota) without calling any API or writing")
     run.add_argument("--no-lookback", action="store_true",
                      help="fetch the date only, without refetching each media's lookback_days window (late conversions)")
 
@@ -111,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument("--notify", action="store_true", help="post what is missing to the webhook ($INGEST_WEBHOOK_URL)")
 
     sub.add_parser("migrate", parents=[common], help="bring the ledger's schema up to this version (runs do it too)")
+
+    doctor = sub.add_parser("doctor", parents=[common], epilog=EPILOG,
+                            help="check this setup before the night: versions, credentials, endpoints, GCS, BigQuery, RDB",
+                            description="Runs every check (each bounded to a few seconds, none writes anything) and "
+                                        "prints PASS/WARN/FAIL with the reason. Exit 0 when nothing failed, 3 otherwise.")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
     ui = sub.add_parser("ui", parents=[common], help="the read-only run-history web page (docs/operations.md)",
                         description="Serve the run history, each run's media × date grid, failures and a 30-night chart "
@@ -242,6 +255,26 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - an unreachable/missing resource is one line, a bug stays a traceback
+        from ingest.infra_errors import explain
+
+        line = explain(exc, **_resources(cfg if "cfg" in locals() else None))
+        if line is None:
+            raise
+        print(f"error: {redact(line)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _resources(cfg: PipelineConfig | None) -> dict[str, str | None]:
+    if cfg is None:
+        return {}
+    try:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(cfg.database_url()).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for the message
+        database = None
+    return {"database": database, "bucket": cfg.gcs.bucket, "dataset": f"{cfg.bigquery.project}.{cfg.bigquery.dataset}"}
 
 
 WRITING_COMMANDS = ("run", "rerun", "backfill")
@@ -269,6 +302,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    if args.command == "run" and args.dry_run:
+        from ingest.doctor import plan_night, print_plan
+
+        day = validate_date(cfg, args.date) if args.date else None
+        print_plan(*plan_night(cfg, day=day, lookback=not args.no_lookback))
+        return EXIT_SUCCESS
+    if args.command == "doctor":
+        import json
+
+        from ingest.doctor import as_json, print_checks, run_checks
+        from ingest.job import EXIT_PARTIAL
+
+        checks = run_checks(cfg, dict(os.environ), source=args.config or os.environ.get("INGEST_CONFIG") or "config/local.yaml")
+        if args.json:
+            print(json.dumps(as_json(checks), indent=2))
+        else:
+            print_checks(checks)
+        return EXIT_PARTIAL if any(c.status == "FAIL" for c in checks) else EXIT_SUCCESS
     if args.command == "run":
         if args.date is None:  # the nightly: each account's own yesterday, in its time zone
             req = RunRequest("run", [], cfg.media_names(), force=args.force, take_over=args.take_over,

@@ -6,6 +6,8 @@ the last 30 nights and the exact ``rerun`` command for every cell. Read-only.
 
 from __future__ import annotations
 
+import errno
+
 import shlex
 import sys
 from collections.abc import Mapping
@@ -55,9 +57,35 @@ def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: M
     suffix = f" --config {shlex.quote(config_arg)}" if config_arg else ""
     app = create_app(LedgerReader(engine), token=token, page_size=cfg.ui.page_size, cmd_suffix=suffix,
                      timezone=cfg.timezone)
+    if not _port_free(host, port):  # before announcing anything: one line, not a listening message and a traceback
+        print(f"error: port {port} on {host} is already in use: stop what listens there, or pass --port "
+              f"(or set ui.port in the config)", file=sys.stderr)
+        return EXIT_USAGE
     shown = f"[{host}]" if ":" in host else host
     log.info("ui_listening", url=f"http://{shown}:{port}/", token_required=bool(token))
     print(f"ingest ui: http://{shown}:{port}/" + ("  (access token required: ?token=… once, then a cookie)" if token else ""),
           file=sys.stderr, flush=True)
-    web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=True)
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=True)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"error: port {port} on {host} is already in use: stop what listens there, or pass --port "
+              f"(or set ui.port in the config)", file=sys.stderr)
+        return EXIT_USAGE
     return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is not "in use"
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
