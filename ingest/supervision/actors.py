@@ -24,6 +24,7 @@ from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, build_connector
+from ingest.supervision.metrics import PipelineMetrics
 from ingest.supervision.placement import Placement
 from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
 from ingest.tasks import Event, ReportKey, ReportResult
@@ -103,6 +104,7 @@ class SupervisorActor:
         connector = connector_class(settings.connector)
         tokens = token_cache_for(media, settings.token_url or connector.token_url, connector.token_style, secrets)
         self.core = MediaSupervisor(media, settings, self._spawn, deadline=deadline, tokens=tokens)
+        self.metrics = PipelineMetrics(media)
 
     async def _spawn(self, index: int) -> FetcherHandle:
         me = ray.get_runtime_context().current_actor
@@ -123,6 +125,7 @@ class SupervisorActor:
         # supervisor's slot tasks are created inside core.run and inherit this binding
         structlog.contextvars.bind_contextvars(**self._log_context, media=self.media)  # no reset across yields
         async for event in self.core.run(keys, first_attempt):
+            self.metrics.observe(event)
             yield event
 
     async def permit(self, utilization: float | None = None, account: str | None = None) -> float:

@@ -141,7 +141,8 @@ class MediaSupervisor:
             self.counts["request_retries"] += 1
             delay = max(decision.delay_s, self.breaker.wait_s() if self.breaker.state == "open" else 0.0)
             self._emit(Event("request_retry", self.media, key, report_attempt, error_kind=error.kind,
-                             message=f"{what} (attempt {attempt}): {error} → {decision.reason}", delay_s=delay))
+                             message=f"{what} (attempt {attempt}): {error} → {decision.reason}", delay_s=delay,
+                             extra={"scope": getattr(error, "scope", None)}))
             return True, delay, decision.reason
         return False, 0.0, self.given_up or decision.reason
 
