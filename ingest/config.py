@@ -8,6 +8,7 @@ pattern here, so a hostile value is rejected, never escaped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import date, datetime, timedelta
@@ -335,7 +336,44 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     raw.setdefault("base_dir", str(path.resolve().parent.parent if path.parent.name == "config" else path.resolve().parent))
     if overrides:
         raw = _merge(raw, overrides)
-    return parse_config(raw, source=str(path))
+    return follow_local_stack(parse_config(raw, source=str(path)))
+
+
+def follow_local_stack(cfg: PipelineConfig) -> PipelineConfig:
+    """Local profile only: when this checkout's local stack runs on other ports than the config's
+    ``sandbox`` ones (another checkout's stack held them), point the endpoints at the ports its
+    ``stack.json`` records. Endpoints that do not use a configured sandbox port are left alone."""
+    if cfg.sandbox is None:
+        return cfg
+    try:
+        recorded = json.loads((cfg.sandbox_root() / "stack.json").read_text()).get("spec", {})
+    except (OSError, ValueError):
+        return cfg
+    moves = {cfg.sandbox.gcs_port: recorded.get("gcs_port"), cfg.sandbox.bq_port: recorded.get("bq_port")}
+    moves.update({port: recorded.get("sim_ports", {}).get(m) for m, port in cfg.sandbox.sim_ports.items()})
+    moves = {a: b for a, b in moves.items() if isinstance(b, int) and a != b}
+    if not moves:
+        return cfg
+
+    def moved(url: str | None) -> str | None:
+        if url is None:
+            return url
+        m = re.match(r"^(https?://127\.0\.0\.1:)(\d+)(.*)$", url)
+        if not m or int(m.group(2)) not in moves:
+            return url
+        return f"{m.group(1)}{moves[int(m.group(2))]}{m.group(3)}"
+
+    media = {name: s.model_copy(update={"base_url": moved(s.base_url), "token_url": moved(s.token_url)})
+             for name, s in cfg.media.items()}
+    return cfg.model_copy(update={
+        "media": media,
+        "gcs": cfg.gcs.model_copy(update={"endpoint": moved(cfg.gcs.endpoint)}),
+        "bigquery": cfg.bigquery.model_copy(update={"endpoint": moved(cfg.bigquery.endpoint)}),
+        "sandbox": cfg.sandbox.model_copy(update={
+            "gcs_port": recorded.get("gcs_port", cfg.sandbox.gcs_port), "bq_port": recorded.get("bq_port", cfg.sandbox.bq_port),
+            "bq_grpc_port": recorded.get("bq_grpc_port", cfg.sandbox.bq_grpc_port),
+            "sim_ports": {**cfg.sandbox.sim_ports, **recorded.get("sim_ports", {})}}),
+    })
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>", today: date | None = None) -> PipelineConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ingest.config import follow_local_stack
 from ingest.cli import EPILOG, Parser, UsageError, parse_date, run_cli, run_job, validate_date
 from ingest.config import PipelineConfig
 from ingest.job import EXIT_FAILED, EXIT_SUCCESS, RunRequest
@@ -61,8 +62,7 @@ def sandbox_stack(cfg: PipelineConfig) -> LocalStack:
 def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     stack = sandbox_stack(cfg)
     if args.command == "up":
-        stack.up()
-        print(f"local stack up under {stack.spec.root}: " + ", ".join(stack.health()))
+        print(stack.up() + ": " + ", ".join(stack.health()))
     elif args.command == "down":
         stack.down()
         print("local stack stopped")
@@ -75,7 +75,8 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         for var, value in SANDBOX_CREDENTIALS.items():  # the simulators' credentials; real ones come from the env
             os.environ.setdefault(var, value)
         days = [validate_date(cfg, args.date)] if args.date else []  # bad input: nothing started
-        stack.up()
+        print(stack.up())
+        cfg = follow_local_stack(cfg)  # the ports this checkout's stack really listens on
         # like the nightly: without --date, each account's own yesterday in its time zone
         code = run_job(cfg, RunRequest("demo", days, cfg.media_names(), force=True, yesterday_per_account=not days,
                                         lookback=True), False)

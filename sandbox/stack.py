@@ -2,7 +2,11 @@
 
 Used by ``python -m sandbox up|down|status``, by ``python -m sandbox demo`` (``make demo``) and
 by the test suite (on free ports, in a temporary root). Processes are started detached with
-their pids and logs under the sandbox root, so a second ``up`` finds a healthy stack and reuses it.
+their pids, ports and logs under the sandbox root (``stack.json``), so a second ``up`` in the same
+checkout finds its own healthy stack and reuses it. A stack is this checkout's only if its state
+file says so: when the configured ports answer but belong to another checkout's stack (or to
+anything else), this one starts on free ports instead, and the local config follows the ports in
+``stack.json`` (``ingest.config.follow_local_stack``).
 Only endpoints differ from production: the pipeline talks to these with the real clients.
 """
 
@@ -16,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ingest.errors import ConfigError
@@ -84,6 +88,28 @@ class LocalStack:
         self.spec = spec
         self.state_file = spec.root / "stack.json"
         self.log_dir = spec.root / "logs"
+        state = self._state()
+        if state is not None:  # this checkout's stack runs (or ran) on the ports it recorded
+            recorded = state.get("spec", {})
+            self.spec = replace(spec, gcs_port=recorded.get("gcs_port", spec.gcs_port),
+                                bq_port=recorded.get("bq_port", spec.bq_port),
+                                bq_grpc_port=recorded.get("bq_grpc_port", spec.bq_grpc_port),
+                                sim_ports=dict(recorded.get("sim_ports", spec.sim_ports)))
+
+    def _state(self) -> dict | None:  # type: ignore[type-arg]
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _ports(self) -> list[int]:
+        s = self.spec
+        return [s.gcs_port, s.bq_port, s.bq_grpc_port, *s.sim_ports.values()]
+
+    def ours(self) -> bool:
+        """Healthy, and started by this checkout: its recorded processes are alive."""
+        state = self._state()
+        return state is not None and all(_alive(p) for p in state.get("pids", {}).values()) and self.healthy()
 
     # -- health -------------------------------------------------------------------------
     def _checks(self) -> dict[str, str]:
@@ -103,10 +129,18 @@ class LocalStack:
         return all(self.health().values())
 
     # -- lifecycle ----------------------------------------------------------------------
-    def up(self, timeout: float = 90.0) -> None:
-        if self.healthy():
-            return
+    def up(self, timeout: float = 90.0) -> str:
+        """Start this checkout's stack unless it already runs; say which happened."""
+        if self.ours():
+            return f"reusing this checkout's local stack under {self.spec.root}"
         self.down()  # a half-dead stack from an earlier session: replace it whole
+        moved = ""
+        busy = [p for p in self._ports() if _listening(p)]
+        if busy:  # another checkout's stack (or another program) holds them: never borrow it unknowingly
+            self.spec = replace(self.spec, gcs_port=free_port(), bq_port=free_port(), bq_grpc_port=free_port(),
+                                sim_ports={m: free_port() for m in self.spec.sim_ports})
+            moved = (f" on free ports (the configured port(s) {', '.join(map(str, busy))} are taken by another "
+                     f"checkout's stack or another program)")
         s = self.spec
         s.gcs_root.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +183,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             health = self.health()
             if all(health.values()):
-                return
+                return f"started this checkout's local stack under {s.root}{moved}"
             dead = [n for n, pid in pids.items() if not _alive(pid)]
             if dead:
                 break
@@ -183,6 +217,12 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """Environment a client process needs to reach this stack."""
         return {"STORAGE_EMULATOR_HOST": self.spec.gcs_endpoint}
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _alive(pid: int) -> bool:
