@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench sandbox-up sandbox-down clean cluster-rehearsal
+.PHONY: demo test install bench lint sandbox-up sandbox-down clean cluster-rehearsal
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 ## test: the whole suite (PostgreSQL tests skip with a message if it is not running; CI requires it)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## lint: ruff over everything, mypy over the product (also run by `make test`, tests/unit/test_lint.py)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ingest aggregations sandbox bench tests
+	$(VENV)/bin/mypy
 
 ## bench: speed and scale figures (minutes; not part of the tests)
 bench: $(STAMP)

@@ -159,7 +159,7 @@ class Publisher:
             self.on_staged(conn, table.name, attempt)
         self._delete(conn, table, key_columns, keyset)
         if tuples:
-            conn.execute(sa.insert(table), [dict(zip(names, t)) for t in tuples])
+            conn.execute(sa.insert(table), [dict(zip(names, t, strict=True)) for t in tuples])
 
 
 def _first_line(exc: BaseException) -> str:

@@ -93,7 +93,7 @@ class Sampler:
             out[group] = round(out.get(group, 0.0) + secs, 1)
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 

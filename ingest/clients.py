@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, storage
+from google.cloud import bigquery, storage  # type: ignore[attr-defined]  # namespace package
 from sqlalchemy import Engine, create_engine, event
 
 from ingest.config import BigQuerySettings, GcsSettings

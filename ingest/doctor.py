@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from datetime import date
 from typing import Any, Literal
 
@@ -48,9 +49,9 @@ def run_checks(cfg: PipelineConfig, environ: dict[str, str], source: str = "conf
     checks = [Check("config", "PASS", f"{source}: valid; {len(cfg.media)} media, "
                                       f"{sum(len(m.accounts) for m in cfg.media.values())} accounts")]
     for media, settings in cfg.media.items():
-        checks.append(_run(f"{media}: api version", lambda m=media: _version(cfg, m)))
-        checks.append(_run(f"{media}: credentials", lambda m=media: _credentials(cfg, m, environ)))
-        checks.append(_run(f"{media}: endpoint", lambda s=settings: _reachable(s.base_url)))
+        checks.append(_run(f"{media}: api version", partial(_version, cfg, media)))
+        checks.append(_run(f"{media}: credentials", partial(_credentials, cfg, media, environ)))
+        checks.append(_run(f"{media}: endpoint", partial(_reachable, settings.base_url)))
     checks.append(_run("gcs bucket", lambda: _bucket(cfg)))
     checks.append(_run("bigquery dataset", lambda: _dataset(cfg)))
     checks.append(_run("database", lambda: _database(cfg)))
@@ -124,13 +125,14 @@ def _bucket(cfg: PipelineConfig) -> tuple[Status, str]:
 
 def _dataset(cfg: PipelineConfig) -> tuple[Status, str]:
     from google.api_core import exceptions as gexc
+    from google.cloud.bigquery import DEFAULT_RETRY
 
     from ingest.clients import bq_client
 
     client = bq_client(cfg.bigquery)
     ref = f"{cfg.bigquery.project}.{cfg.bigquery.dataset}"
     try:
-        client.get_dataset(ref, timeout=TIMEOUT_S, retry=None)
+        client.get_dataset(ref, timeout=TIMEOUT_S, retry=DEFAULT_RETRY.with_timeout(TIMEOUT_S))
     except gexc.NotFound:
         return "WARN", f"{ref} does not exist yet: the first run creates it (needs bigquery.datasets.create)"
     finally:

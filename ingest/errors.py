@@ -102,7 +102,7 @@ class IngestError(Exception):
         # Exceptions with keyword-only args do not pickle by default; Ray needs them to.
         return (_rebuild, (type(self), self.message, self._kwargs(), self.__dict__))
 
-    def with_report(self, media: str, account: str, date: str) -> "IngestError":
+    def with_report(self, media: str, account: str, date: str) -> IngestError:
         """Attach the report identity (connectors may raise before they know it)."""
         self.media = self.media or media
         self.account = self.account or account

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import defaultdict
@@ -241,7 +242,7 @@ class NightlyJob:
                 address=self.cfg.ray.address,
                 num_cpus=self.cfg.ray.num_cpus,
                 include_dashboard=False,
-                logging_level="WARNING",
+                logging_level=logging.WARNING,
                 configure_logging=False,
             )
             report.ray_start_s = time.perf_counter() - started

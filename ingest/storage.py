@@ -20,7 +20,7 @@ from datetime import date
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]  # namespace package
 
 from ingest.config import check_account, check_name
 from ingest.errors import Transient

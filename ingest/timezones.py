@@ -61,10 +61,10 @@ class AccountTimezones:
             found = asyncio.run(self._look_up(unknown, secrets))
             self.ledger.remember_timezones(found)
             zones.update(found)
-            for m, accounts in unknown.items():
-                for account in accounts:
-                    if (m, account) not in zones:
-                        zones[(m, account)] = self.cfg.timezone
+            for m, account_ids in unknown.items():
+                for account_id in account_ids:
+                    if (m, account_id) not in zones:
+                        zones[(m, account_id)] = self.cfg.timezone
         return zones
 
     def yesterday(self, media: list[str], secrets: dict[str, dict[str, Secret]],

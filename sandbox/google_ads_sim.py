@@ -77,7 +77,8 @@ class GoogleAdsSimulator(Simulator):
         return _status(
             401,
             "UNAUTHENTICATED",
-            "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+            "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other "
+            "valid authentication credential.",
             [{"errorCode": {"authenticationError": code}, "message": "Oauth token is invalid."}],
             self._version(request),
         )

@@ -290,7 +290,7 @@ class MetaConnector(Connector):
             if not isinstance(data, list):
                 raise DataError("insights response has no 'data' list", body=json.dumps(body))
             rows.extend(data)
-            paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
+            paging: dict[str, Any] = body["paging"] if isinstance(body.get("paging"), dict) else {}
             if not paging.get("next"):
                 return rows
             cursors = paging.get("cursors")

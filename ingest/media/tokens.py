@@ -66,7 +66,7 @@ class TokenRefresher:
         return urlsplit(self.token_url).netloc
 
     async def refresh(self, client: httpx.AsyncClient, now: Callable[[], float] = time.time) -> AccessToken:
-        params = {k: (v.get() if isinstance(v, Secret) else v) for k, v in self._params.items()}
+        params: dict[str, str] = {k: (v.get() if isinstance(v, Secret) else str(v)) for k, v in self._params.items()}
         started = now()
         try:
             if self.style == "form":

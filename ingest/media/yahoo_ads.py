@@ -195,7 +195,7 @@ class YahooAdsConnector(Connector):
             raise DataError("expected exactly one rval.values entry", status=200, body=response.content)
         value = values[0]
         if value.get("operationSucceeded") is not True:  # "Part Error"
-            errs = value.get("errors") if isinstance(value.get("errors"), list) else []
+            errs: list[Any] = value["errors"] if isinstance(value.get("errors"), list) else []
             raise classify(200, errs, response.headers, response.content)
         definition = value.get("reportDefinition")
         if not isinstance(definition, dict):

@@ -110,7 +110,7 @@ class SupervisorActor:
         me = ray.get_runtime_context().current_actor
         incarnation = self._incarnations.get(index, -1) + 1
         self._incarnations[index] = incarnation
-        actor = FetcherActor.options(
+        actor = FetcherActor.options(  # type: ignore[attr-defined]  # added by @ray.remote
             **self.placement.fetcher(self.media, index, incarnation),
             max_concurrency=self.settings.concurrency + 2,
             max_restarts=0,  # restarts are ours: with backoff and an intensity limit
@@ -165,7 +165,7 @@ class SupervisorActor:
 def start_supervisor(media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings, project: str,
                      deadline_epoch: float | None, log_context: dict[str, Any], placement: Placement,
                      generation: int = 0) -> Any:
-    return SupervisorActor.options(
+    return SupervisorActor.options(  # type: ignore[attr-defined]  # added by @ray.remote
         **placement.supervisor(media, generation), max_concurrency=1000, max_restarts=0,
     ).remote(media, settings, secrets, gcs, project, deadline_epoch, log_context, placement)
 

@@ -35,7 +35,8 @@ log = structlog.get_logger("ingest.fetcher")
 
 def build_connector(media: str, settings: MediaSettings, secrets: dict[str, Secret]) -> Connector:
     cls = connector_class(settings.connector)
-    return cls(ConnectorSettings(media, settings.base_url, settings.api_version, dict(secrets), dict(settings.options)))
+    version = settings.api_version or cls.default_version  # resolved at load; the default only for hand-built settings
+    return cls(ConnectorSettings(media, settings.base_url, version, dict(secrets), dict(settings.options)))
 
 
 def resolve_secrets(media: str, settings: MediaSettings, environ: dict[str, str]) -> dict[str, Secret]:

@@ -70,9 +70,9 @@ def backoff_delay(attempt: int, settings: RetrySettings, rng: random.Random | No
     retries of many reports so they do not hit the API in waves (AWS architecture blog,
     "Exponential Backoff And Jitter"); the floor keeps a minimum pause after a failure.
     """
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     cap = min(settings.backoff_max_s, settings.backoff_min_s * settings.multiplier ** max(0, attempt - 1))
-    return max(settings.backoff_min_s, rng.uniform(0, cap)) if cap > 0 else 0.0
+    return max(settings.backoff_min_s, uniform(0, cap)) if cap > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter as Tally
 from datetime import date
 from decimal import Decimal
-from typing import Any
 
 from ingest.supervision.metrics import PipelineMetrics
 from ingest.tasks import Event, ReportKey, ReportResult, Totals
