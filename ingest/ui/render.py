@@ -119,6 +119,11 @@ def rerun_cmd(prefix: str, media: str, day: date, account: str | None = None) ->
     return cmd + prefix
 
 
+def failed_cmd(prefix: str, media: str, day: date) -> str:
+    """What an operator wants for a cell with failures: only what failed (or never finished)."""
+    return f"python -m ingest rerun --failed --media {shlex.quote(media)} --date {day.isoformat()}" + prefix
+
+
 def page(title: str, body: str, *, subtitle: str = "") -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
             f"<title>{h(title)} · ingest</title><style>{CSS}</style></head><body>"
@@ -258,7 +263,8 @@ def _grid_cell(run_id: str, c: Cell, cmd_suffix: str) -> str:
         more = c.reports - done - len(c.open_accounts)
         items += f"<li><a href='{h(cell_url(run_id, c.media, c.day))}'>{more} more…</a></li>" if more > 0 else ""
         lines.append(f"<details><summary>accounts not done ({c.reports - done})</summary><ul class=small>{items}</ul></details>")
-    lines.append(f"<div class=small><code class=cmd>{h(rerun_cmd(cmd_suffix, c.media, c.day))}</code></div>")
+    cmd = failed_cmd(cmd_suffix, c.media, c.day) if c.open_accounts else rerun_cmd(cmd_suffix, c.media, c.day)
+    lines.append(f"<div class=small><code class=cmd>{h(cmd)}</code></div>")
     return f"<div class='box state-{st}' data-state='{st}' style='border-color:{COLORS.get(st, '#999')}'>{''.join(lines)}</div>"
 
 
@@ -316,7 +322,8 @@ def cell_page(run: dict[str, Any], media: str, day: date, rows: list[dict[str, A
         for s in ("", *STATE_ORDER))
     body = (f"<p class=small><a href='{h(run_url(run['run_id']))}'>← run {h(run['run_id'])}</a></p>"
             f"<h1>{h(media)} · {h(day)}</h1>{_stage_block(stage)}"
-            f"<p>Re-run this cell: <code class=cmd>{h(rerun_cmd(cmd_suffix, media, day))}</code></p>"
+            f"<p>Re-run what failed here: <code class=cmd>{h(failed_cmd(cmd_suffix, media, day))}</code> · "
+            f"everything in this cell: <code class=cmd>{h(rerun_cmd(cmd_suffix, media, day))}</code></p>"
             f"<h2>Accounts</h2><p class=small>show: {filt}</p>{_task_rows(run['run_id'], rows, cmd_suffix)}"
             + pager(cell_url(run["run_id"], media, day), page_no, page_size, total, status=status))
     return page(f"{media} {day}", body, subtitle=f"run {run['run_id']}")
@@ -339,8 +346,10 @@ def task_page(run: dict[str, Any], task: dict[str, Any], history: list[dict[str,
             f"<dt>rows / bytes</dt><dd>{h(t['rows'])} / {h(t['bytes'])}</dd>"
             f"<dt>totals</dt><dd>impressions {h(t['impressions'])}, clicks {h(t['clicks'])}, spend {h(t['spend'])}, "
             f"conversions {h(t['conversions'])}</dd><dt>GCS</dt><dd><ul>{paths}</ul></dd></dl>"
-            f"<p>Re-run this report: <code class=cmd>{h(rerun_cmd(cmd_suffix, t['media'], t['date'], t['account_id']))}</code></p>"
-            f"<h2>Stage 2 and reconciliation</h2>{_stage_block(stage)}"
+            + f"<p>Re-run this report: <code class=cmd>{h(rerun_cmd(cmd_suffix, t['media'], t['date'], t['account_id']))}</code></p>"
+            + (f"<p>Or everything that failed for {h(t['media'])} on {h(t['date'])}: "
+               f"<code class=cmd>{h(failed_cmd(cmd_suffix, t['media'], t['date']))}</code></p>" if t["status"] == "failed" else "")
+            + f"<h2>Stage 2 and reconciliation</h2>{_stage_block(stage)}"
             f"<h2>History (all runs, newest first)</h2>{_events_list(history, with_run=True)}")
     return page(f"{t['media']}/{t['account_id']}/{t['date']}", body, subtitle=f"run {run['run_id']}")
 

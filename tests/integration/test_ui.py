@@ -86,7 +86,7 @@ def test_run_grid_cell_and_report_pages(seeded: tuple[str, Seeded]) -> None:
     g = text(grid)
     assert f"Run {run}" in g and "partial" in g
     assert "data-state='failed'" in grid and "data-state='done'" in grid
-    assert f"python -m ingest rerun --media {media} --date {day.isoformat()}" in g
+    assert f"python -m ingest rerun --failed --media {media} --date {day.isoformat()}" in g  # only what failed
     assert "accounts not done" in grid and f"{cell}/{account}" in grid  # the expand lists failed accounts
     assert "stage 2" in g and "published" in g
     c = text(cell_html)

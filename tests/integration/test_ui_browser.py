@@ -231,7 +231,7 @@ async def _drive(port: int, base: str, s: Seeded) -> None:
             states = await b.js("[...document.querySelectorAll('.grid .box')].map(b => b.dataset.state)")
             assert "failed" in states and "done" in states and len(states) == 3
             cmds = await b.js("[...document.querySelectorAll('.grid code.cmd')].map(c => c.innerText)")
-            assert "python -m ingest rerun --media meta --date 2026-11-20" in cmds
+            assert "python -m ingest rerun --failed --media meta --date 2026-11-20" in cmds  # failures: only those
             await b.js("document.querySelector('.box[data-state=failed] details').open = true")
             await b.screenshot(OUT / "run.png")
 
