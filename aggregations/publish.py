@@ -45,10 +45,9 @@ def is_connection_loss(exc: BaseException) -> bool:
 
 
 def _delay(attempt: int, settings: RetrySettings) -> float:
-    try:
-        from ingest.supervision.policy import backoff_delay
-    except ImportError:  # pragma: no cover
-        return min(settings.backoff_max_s, settings.backoff_min_s * settings.multiplier ** (attempt - 1))
+    """The one backoff of the project (supervision's full-jitter exponential)."""
+    from ingest.supervision.policy import backoff_delay
+
     return backoff_delay(attempt, settings)
 
 

@@ -25,7 +25,7 @@ import structlog
 from ingest.clients import gcs_client, rdb_engine
 from ingest.config import PipelineConfig
 from ingest.errors import ConfigError
-from ingest.ledger import Ledger
+from ingest.ledger import Ledger, LockedError
 from ingest.notify import Notifier
 from ingest.media.base import Secret
 from ingest.progress import NoProgress, Progress
@@ -179,7 +179,7 @@ class NightlyJob:
         try:
             taken = self.ledger.acquire(run_id, [(m, d) for m in req.media for d in touched],
                                         stale_after_s=self.cfg.lock_stale_s, take_over=req.take_over)
-        except ConfigError as exc:
+        except LockedError as exc:
             self.ledger.close_run(run_id, "aborted", {"refused": exc.message})
             raise
         # Read states only once the locks are ours: a run that just finished has written them.

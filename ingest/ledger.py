@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ingest.errors import ConfigError
+from ingest.errors import IngestError
 from ingest.tasks import DayResult, Event, ReportKey, ReportResult, Totals
 
 RunOutcome = Literal["running", "success", "partial", "failed", "aborted"]
@@ -135,11 +135,11 @@ account_timezones = sa.Table(
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-class LockedError(ConfigError):
+class LockedError(IngestError):
     """Another live run holds one of the (media, date) partitions this run needs.
 
-    Not bad input, so the CLI exits with its own code (5): nothing was started, try later.
-    ``code`` carries the holding run ids, comma-separated.
+    Not bad input: the CLI maps it to its own exit code (5) by name, not by inheritance —
+    nothing was started, try later. ``code`` carries the holding run ids, comma-separated.
     """
 
     kind = "locked"
