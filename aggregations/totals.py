@@ -12,10 +12,24 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from ingest.errors import DataError
-from ingest.media.base import CSV_COLUMNS, Row
+from aggregations.queries import RAW_COLUMNS as CSV_COLUMNS  # the landed CSV's columns = the raw table's
+
+
+class RowLike(Protocol):
+    """What a row needs to be summed (``ingest.media.base.Row`` is one): stage 2 does not
+    depend on the connectors."""
+
+    @property
+    def impressions(self) -> int: ...
+    @property
+    def clicks(self) -> int: ...
+    @property
+    def spend(self) -> Decimal: ...
+    @property
+    def conversions(self) -> Decimal: ...
 
 ZERO = Decimal(0)
 
@@ -40,7 +54,7 @@ class Totals:
         )
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Row]) -> Totals:
+    def from_rows(cls, rows: Iterable[RowLike]) -> Totals:
         """What the driver passes as ``fetched``: the totals of the rows a connector returned."""
         total = cls()
         for r in rows:

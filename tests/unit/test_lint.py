@@ -30,3 +30,13 @@ def test_ruff() -> None:
 def test_mypy() -> None:
     proc = subprocess.run([_tool("mypy")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_stage2_reads_the_csv_the_connectors_write() -> None:
+    """aggregations does not import the connectors; the column list they share is checked here."""
+    from aggregations.queries import RAW_COLUMNS
+    from ingest.media.base import CSV_COLUMNS
+
+    assert CSV_COLUMNS == RAW_COLUMNS
+    imports = (REPO / "aggregations" / "totals.py").read_text()
+    assert "ingest.media" not in imports
