@@ -340,3 +340,52 @@ def test_each_fault_kind_at_its_own_rate_on_every_request_type(kind: str) -> Non
         else:
             assert answer.status_code >= 400
     assert faults == {kind: 3}
+
+
+def test_a_long_report_survives_faults_on_every_page() -> None:
+    """The Meta simulator, async: a 28-day refetch report with 1-row pages (dozens of pages), 10 %
+    of each recoverable fault kind on every request (create, poll, each page). Retrying the
+    request — through the supervisor's policy — keeps the report run and the pages already read,
+    and the rows equal the truth for every day."""
+    from datetime import timedelta
+
+    from ingest.config import MediaSettings
+    from ingest.supervision.fetcher import QuotaLink
+    from ingest.supervision.supervisor import MediaSupervisor
+    from ingest.tasks import ReportKey
+
+    async def _never(_: int) -> Any:
+        raise AssertionError("no fetchers here")
+
+    settings = MediaSettings.model_validate({
+        "connector": "meta", "base_url": "http://127.0.0.1:1", "accounts": [{"id": "1234567", "advertiser": "a"}],
+        "quota": {"requests_per_second": 1000, "burst": 100, "poll_min_s": 0.001, "poll_max_s": 0.001},
+        "retry": {"backoff_min_s": 0.001, "backoff_max_s": 0.01, "request_attempts": 8, "retry_budget": 200}})
+    sup = MediaSupervisor("meta", settings, _never)
+    rates = {k: 0.1 for k in ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed")}
+    first, last = DAY - timedelta(days=27), DAY
+    with run_simulator("meta", seed=7, page_size=1, account_rps=0, app_rps=0, hang_s=0.5, job_polls=1,
+                       fault_rates=rates, regain_minutes=0) as sim:
+        conn = connector("meta", sim.base_url, {"mode": "async", "page_limit": 1, "max_polls": 50})
+        link = QuotaLink(sup.permit, sup.acquire_job, sup.release_job, None, sup.request_failed)
+        key = ReportKey("meta", "act_1234567", first, 28)
+
+        async def go() -> tuple[list[Row], HttpSession]:
+            async with httpx.AsyncClient(timeout=0.3) as client:
+                http = HttpSession(client, gate=lambda: link.gate("act_1234567"), retry=link.retry_hook(key))
+                for _ in range(5):  # a job_failed fault fails the report run itself: only then a new one
+                    try:
+                        return await conn.fetch(http, "act_1234567", first, last), http
+                    except Exception as exc:  # noqa: BLE001
+                        if getattr(exc, "kind", "") != "job_failed":
+                            raise
+                raise AssertionError("report run failed 5 times")
+
+        rows, http = asyncio.run(go())
+        stats = sim.sim.stats()
+    pages = sum(1 for p in http.pages if p.url.split("?")[0].endswith("/insights") and p.method == "GET")
+    assert pages >= 25, stats["by_endpoint"]  # far more than 5 pages in this one report
+    assert sum(stats["faults"].values()) >= 10  # faults landed on it, pages included
+    for day in (first + timedelta(days=i) for i in range(28)):
+        got = sorted(as_truth([r for r in rows if r.date == day]))
+        assert got == sorted(expected("meta", "act_1234567", day)), day
