@@ -167,170 +167,202 @@ def _run(
     retry: RetrySettings | None,
     on_staged: StagedHook | None,
 ) -> Stage2Result:
-    results = {p: PartitionResult(p[0], p[1]) for p in parts}
-    out = Stage2Result(run_id=run_id, partitions=results)
-    engine = engine or rdb_engine(cfg.database_url())
-    store = store or ReportStore(gcs_client(cfg.gcs, cfg.project), cfg.gcs.bucket)
-    stage = BigQueryStage(bq, cfg.bigquery.project, cfg.bigquery.dataset, run_id, location=cfg.bigquery.location)
-    publisher = Publisher(engine, on_staged=on_staged)
-    if retry is not None:
-        stage.retry = retry
-        publisher.retry = retry
-    media_all = cfg.media_names()
-    bound = log.bind(run_id=run_id)
+    """The six steps in order; each step is a method of ``_Stage2`` and records its time."""
+    run = _Stage2(cfg, parts, run_id, bq, engine, store, retry, on_staged)
+    to_load = run.list_csvs()
+    if not to_load or not run.setup(to_load):
+        return run.out
+    loaded = run.load(to_load)
+    run.aggregate(loaded)
+    run.publish(loaded)
+    run.reconcile(loaded, fetched)
+    return run.finish()
+
+
+class _Stage2:
+    """One stage-2 run's state: what each partition has reached, and the clients. A failure of a
+    step fails only the partitions it concerns (``fail``); later steps skip them."""
+
+    def __init__(self, cfg: PipelineConfig, parts: list[Partition], run_id: str, bq: bigquery.Client,
+                 engine: sa.Engine | None, store: ReportStore | None, retry: RetrySettings | None,
+                 on_staged: StagedHook | None) -> None:
+        self.cfg = cfg
+        self.parts = parts
+        self.results = {p: PartitionResult(p[0], p[1]) for p in parts}
+        self.out = Stage2Result(run_id=run_id, partitions=self.results)
+        self.engine = engine or rdb_engine(cfg.database_url())
+        self.store = store or ReportStore(gcs_client(cfg.gcs, cfg.project), cfg.gcs.bucket)
+        self.stage = BigQueryStage(bq, cfg.bigquery.project, cfg.bigquery.dataset, run_id, location=cfg.bigquery.location)
+        self.publisher = Publisher(self.engine, on_staged=on_staged)
+        if retry is not None:
+            self.stage.retry = retry
+            self.publisher.retry = retry
+        self.media_all = cfg.media_names()
+        self.log = log.bind(run_id=run_id)
+        self.csv_tot: dict[Partition, Totals] = {}
+        self.csv_names: dict[Partition, list[str]] = {}
+        self.raw_tot: dict[date, dict[str, Totals]] = {}
+        self.campaign_rows: list[dict[str, Any]] = []
+        self.advertiser_rows: list[dict[str, Any]] = []
+        self.mtd_rows: list[dict[str, Any]] = []
+        self.mtd_done: set[date] = set()
 
     @contextmanager
-    def step(name: str) -> Iterator[None]:
+    def step(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
             yield
         finally:
-            out.durations_s[name] = out.durations_s.get(name, 0.0) + time.perf_counter() - started
-            out.bq_load_jobs, out.bq_query_jobs = stage.jobs.load, stage.jobs.query
+            self.out.durations_s[name] = self.out.durations_s.get(name, 0.0) + time.perf_counter() - started
+            self.out.bq_load_jobs, self.out.bq_query_jobs = self.stage.jobs.load, self.stage.jobs.query
 
-    def fail(which: list[Partition], message: str) -> None:
+    def fail(self, which: list[Partition], message: str) -> None:
         for p in which:
-            results[p].fail(message)
-        bound.warning("stage2.failed", partitions=[f"{m}/{d}" for m, d in which], error=message)
+            self.results[p].fail(message)
+        self.log.warning("stage2.failed", partitions=[f"{m}/{d}" for m, d in which], error=message)
 
-    # 1. What is there to load? A partition without any CSV keeps its previous data.
-    csv_tot: dict[Partition, Totals] = {}
-    csv_names: dict[Partition, list[str]] = {}
-    with step("list"):
-        for p in parts:
-            media, day = p
+    def list_csvs(self) -> list[Partition]:
+        """1. What is there to load? A partition without any CSV keeps its previous data."""
+        with self.step("list"):
+            for p in self.parts:
+                media, day = p
+                try:
+                    names = partition_csvs(self.store, media, day)
+                    if not names:
+                        self.results[p].status = "skipped"
+                        self.results[p].detail = (f"no CSV under gs://{self.cfg.gcs.bucket}/{partition_prefix(media, day)}: "
+                                                  f"previous data kept")
+                        continue
+                    self.results[p].csv_objects = len(names)
+                    self.csv_tot[p] = csv_totals(self.store, names)
+                    self.csv_names[p] = names
+                except Exception as exc:  # noqa: BLE001
+                    self.fail([p], f"read CSVs: {translate(exc, 'gcs')}")
+        return [p for p in self.parts if p in self.csv_tot]
+
+    def setup(self, to_load: list[Partition]) -> bool:
+        """2. BigQuery tables and the account → advertiser mapping, refreshed from config."""
+        with self.step("setup"):
             try:
-                names = partition_csvs(store, media, day)
-                if not names:
-                    results[p].status = "skipped"
-                    results[p].detail = f"no CSV under gs://{cfg.gcs.bucket}/{partition_prefix(media, day)}: previous data kept"
-                    continue
-                results[p].csv_objects = len(names)
-                csv_tot[p] = csv_totals(store, names)
-                csv_names[p] = names
-            except Exception as exc:  # noqa: BLE001
-                fail([p], f"read CSVs: {translate(exc, 'gcs')}")
-    to_load = [p for p in parts if p in csv_tot]
-    if not to_load:
+                self.stage.ensure_dataset()
+                for m in self.media_all:
+                    self.stage.ensure_raw_table(m)
+                self.stage.refresh_accounts(self.cfg.advertiser_of())
+                create_mart(self.engine)
+            except IngestError as exc:
+                self.fail(to_load, f"setup: {exc}")
+                return False
+            except sa.exc.SQLAlchemyError as exc:
+                self.fail(to_load, f"setup: create mart tables: {type(exc).__name__}: {exc}")
+                return False
+        return True
+
+    def load(self, to_load: list[Partition]) -> list[Partition]:
+        """3. One load + one swap script per media table, over all of its changed dates."""
+        loaded: list[Partition] = []
+        with self.step("load"):
+            by_media: dict[str, list[Partition]] = defaultdict(list)
+            for p in to_load:
+                by_media[p[0]].append(p)
+            for media, mine in sorted(by_media.items()):
+                try:
+                    # exactly the objects reconciled above; a list rather than `*.csv` wildcards
+                    # because bqemulator (DuckDB COPY) sniffs the CSV dialect of a wildcard from its
+                    # first file only, so a later file with a quoted name ("Search ""Generic"", 1")
+                    # then fails to parse; a list is read per file
+                    uris = [f"gs://{self.cfg.gcs.bucket}/{name}" for p in mine for name in self.csv_names[p]]
+                    self.stage.load_partitions(media, [d for _, d in mine], uris)
+                    for p in mine:
+                        self.results[p].rows_loaded = self.csv_tot[p].rows
+                    loaded += mine
+                except IngestError as exc:
+                    self.fail(mine, f"load: {exc}")
+        return loaded
+
+    def aggregate(self, loaded: list[Partition]) -> None:
+        """4. The daily queries once over the loaded dates; month-to-date per as-of date."""
+        days: dict[date, list[str]] = defaultdict(list)
+        for media, day in loaded:
+            days[day].append(media)
+        with self.step("aggregate"):
+            if days:
+                # one query each over the night's changed dates (a refetch window: up to 30), rows
+                # kept only for the (date, media) pairs loaded now
+                first, last = min(days), max(days)
+                try:
+                    dc = _clean(self.stage.query("daily_campaign", first, self.media_all, last))
+                    da = _clean(self.stage.query("daily_advertiser", first, self.media_all, last))
+                    totals_by_day = bq_totals(self.stage.query("raw_totals", first, self.media_all, last))
+                except IngestError as exc:
+                    self.fail(loaded, f"aggregate {first}..{last}: {exc}")
+                else:
+                    self.raw_tot = {d: totals_by_day.get(d, {}) for d in days}
+                    self.campaign_rows += [r for r in dc if r["date"] in days and r["media"] in days[r["date"]]]
+                    self.advertiser_rows += [r for r in da if r["date"] in days]
+            good_days = set(self.raw_tot)
+            try:
+                as_of = good_days | _published_mtd_dates(self.engine, good_days)
+            except sa.exc.SQLAlchemyError as exc:
+                as_of = set()
+                self.fail([p for p in loaded if p[1] in good_days], f"read published MTD dates: {type(exc).__name__}: {exc}")
+            for a in sorted(as_of):
+                try:
+                    self.mtd_rows += _clean(self.stage.query("mtd_advertiser_media", a, self.media_all))
+                    self.mtd_done.add(a)
+                except IngestError as exc:
+                    self.fail([p for p in loaded if (p[1].year, p[1].month) == (a.year, a.month) and p[1] <= a],
+                              f"aggregate MTD {a}: {exc}")
+
+    def publish(self, loaded: list[Partition]) -> None:
+        """5. One transaction per mart table, exactly the affected keys."""
+        pairs = {(day, m) for m, day in loaded if day in self.raw_tot and self.results[(m, day)].error is None}
+        ok_days = {d for d, _ in pairs}
+        with self.step("publish"):
+            jobs: list[tuple[sa.Table, list[dict[str, Any]], tuple[str, ...], set[tuple[Any, ...]], list[Partition]]] = [
+                (mart_daily_campaign, [r for r in self.campaign_rows if (r["date"], r["media"]) in pairs], ("date", "media"),
+                 set(pairs), [(m, d) for d, m in pairs]),
+                (mart_daily_advertiser, [r for r in self.advertiser_rows if r["date"] in ok_days], ("date",),
+                 {(d,) for d in ok_days}, [p for p in loaded if p[1] in ok_days]),
+                (mart_mtd_advertiser_media, [r for r in self.mtd_rows if r["as_of_date"] in self.mtd_done], ("as_of_date",),
+                 {(a,) for a in self.mtd_done}, [p for p in loaded if p[1] in ok_days]),
+            ]
+            for table, rows, key_cols, keys, owners in jobs:
+                try:
+                    self.out.published_rows[table.name] = self.publisher.replace(table, rows, key_cols, keys)
+                except IngestError as exc:
+                    self.out.published_rows[table.name] = 0
+                    self.fail(owners, f"publish {table.name}: {exc}")
+
+    def reconcile(self, loaded: list[Partition], fetched: dict[Partition, Totals]) -> None:
+        """6. Every partition that got this far: fetched = CSV = BigQuery = mart."""
+        with self.step("reconcile"):
+            candidates = [p for p in loaded if self.results[p].error is None]
+            try:
+                marts = mart_totals(self.engine, candidates)
+            except sa.exc.SQLAlchemyError as exc:
+                self.fail(candidates, f"reconcile: read mart: {type(exc).__name__}: {exc}")
+                candidates = []
+            for p in candidates:
+                media, day = p
+                rec = reconcile(fetched.get(p), self.csv_tot[p], self.raw_tot.get(day, {}).get(media, Totals()), marts[p])
+                if rec.ok:
+                    self.results[p].status, self.results[p].detail = "published", rec.detail
+                else:
+                    self.results[p].detail = rec.detail
+                    self.fail([p], rec.detail)
+
+    def finish(self) -> Stage2Result:
+        results, out, bound = self.results, self.out, self.log
+        for r in results.values():
+            if r.status == "failed" and r.error is None:  # defensive: every path above sets one
+                r.error = "not processed"
+        bound.info(
+            "stage2.done",
+            published=len(out.by_status("published")),
+            skipped=len(out.by_status("skipped")),
+            failed=len(out.by_status("failed")),
+            bq_jobs=out.bq_jobs,
+            rows=out.published_rows,
+            durations_s={k: round(v, 3) for k, v in out.durations_s.items()},
+        )
         return out
-
-    # 2. BigQuery tables and the account → advertiser mapping, refreshed from config.
-    with step("setup"):
-        try:
-            stage.ensure_dataset()
-            for m in media_all:
-                stage.ensure_raw_table(m)
-            stage.refresh_accounts(cfg.advertiser_of())
-            create_mart(engine)
-        except IngestError as exc:
-            fail(to_load, f"setup: {exc}")
-            return out
-        except sa.exc.SQLAlchemyError as exc:
-            fail(to_load, f"setup: create mart tables: {type(exc).__name__}: {exc}")
-            return out
-
-    # 3. One load + one swap script per media table, over all of its changed dates.
-    loaded: list[Partition] = []
-    with step("load"):
-        by_media: dict[str, list[Partition]] = defaultdict(list)
-        for p in to_load:
-            by_media[p[0]].append(p)
-        for media, mine in sorted(by_media.items()):
-            try:
-                # exactly the objects reconciled above; a list rather than `*.csv` wildcards
-                # because bqemulator (DuckDB COPY) sniffs the CSV dialect of a wildcard from its
-                # first file only, so a later file with a quoted name ("Search ""Generic"", 1")
-                # then fails to parse; a list is read per file
-                uris = [f"gs://{cfg.gcs.bucket}/{name}" for p in mine for name in csv_names[p]]
-                stage.load_partitions(media, [d for _, d in mine], uris)
-                for p in mine:
-                    results[p].rows_loaded = csv_tot[p].rows
-                loaded += mine
-            except IngestError as exc:
-                fail(mine, f"load: {exc}")
-
-    # 4. Aggregation queries per loaded date.
-    days: dict[date, list[str]] = defaultdict(list)
-    for media, day in loaded:
-        days[day].append(media)
-    campaign_rows: list[dict[str, Any]] = []
-    advertiser_rows: list[dict[str, Any]] = []
-    raw_tot: dict[date, dict[str, Totals]] = {}
-    mtd_rows: list[dict[str, Any]] = []
-    with step("aggregate"):
-        if days:
-            # one query each over the night's changed dates (a refetch window: up to 30), rows
-            # kept only for the (date, media) pairs loaded now
-            first, last = min(days), max(days)
-            try:
-                dc = _clean(stage.query("daily_campaign", first, media_all, last))
-                da = _clean(stage.query("daily_advertiser", first, media_all, last))
-                totals_by_day = bq_totals(stage.query("raw_totals", first, media_all, last))
-            except IngestError as exc:
-                fail(loaded, f"aggregate {first}..{last}: {exc}")
-            else:
-                raw_tot = {d: totals_by_day.get(d, {}) for d in days}
-                campaign_rows += [r for r in dc if r["date"] in days and r["media"] in days[r["date"]]]
-                advertiser_rows += [r for r in da if r["date"] in days]
-        good_days = set(raw_tot)
-        try:
-            as_of = good_days | _published_mtd_dates(engine, good_days)
-        except sa.exc.SQLAlchemyError as exc:
-            as_of = set()
-            fail([p for p in loaded if p[1] in good_days], f"read published MTD dates: {type(exc).__name__}: {exc}")
-        mtd_done: set[date] = set()
-        for a in sorted(as_of):
-            try:
-                mtd_rows += _clean(stage.query("mtd_advertiser_media", a, media_all))
-                mtd_done.add(a)
-            except IngestError as exc:
-                fail([p for p in loaded if (p[1].year, p[1].month) == (a.year, a.month) and p[1] <= a], f"aggregate MTD {a}: {exc}")
-
-    # 5. Publish: one transaction per mart table, exactly the affected keys.
-    pairs = {(day, m) for m, day in loaded if day in good_days and results[(m, day)].error is None}
-    ok_days = {d for d, _ in pairs}
-    with step("publish"):
-        jobs: list[tuple[sa.Table, list[dict[str, Any]], tuple[str, ...], set[tuple[Any, ...]], list[Partition]]] = [
-            (mart_daily_campaign, [r for r in campaign_rows if (r["date"], r["media"]) in pairs], ("date", "media"),
-             pairs, [(m, d) for d, m in pairs]),
-            (mart_daily_advertiser, [r for r in advertiser_rows if r["date"] in ok_days], ("date",),
-             {(d,) for d in ok_days}, [p for p in loaded if p[1] in ok_days]),
-            (mart_mtd_advertiser_media, [r for r in mtd_rows if r["as_of_date"] in mtd_done], ("as_of_date",),
-             {(a,) for a in mtd_done}, [p for p in loaded if p[1] in ok_days]),
-        ]
-        for table, rows, key_cols, keys, owners in jobs:
-            try:
-                out.published_rows[table.name] = publisher.replace(table, rows, key_cols, keys)
-            except IngestError as exc:
-                out.published_rows[table.name] = 0
-                fail(owners, f"publish {table.name}: {exc}")
-
-    # 6. Reconcile every partition that got this far.
-    with step("reconcile"):
-        candidates = [p for p in loaded if results[p].error is None]
-        try:
-            marts = mart_totals(engine, candidates)
-        except sa.exc.SQLAlchemyError as exc:
-            fail(candidates, f"reconcile: read mart: {type(exc).__name__}: {exc}")
-            candidates = []
-        for p in candidates:
-            media, day = p
-            rec = reconcile(fetched.get(p), csv_tot[p], raw_tot.get(day, {}).get(media, Totals()), marts[p])
-            if rec.ok:
-                results[p].status, results[p].detail = "published", rec.detail
-            else:
-                results[p].detail = rec.detail
-                fail([p], rec.detail)
-    for r in results.values():
-        if r.status == "failed" and r.error is None:  # defensive: every path above sets one
-            r.error = "not processed"
-    bound.info(
-        "stage2.done",
-        published=len(out.by_status("published")),
-        skipped=len(out.by_status("skipped")),
-        failed=len(out.by_status("failed")),
-        bq_jobs=out.bq_jobs,
-        rows=out.published_rows,
-        durations_s={k: round(v, 3) for k, v in out.durations_s.items()},
-    )
-    return out
