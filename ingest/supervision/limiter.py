@@ -29,8 +29,6 @@ class RateLimiter:
     TARGET = 0.95
     MIN_FACTOR = 0.1
     WINDOW_S = 2.0
-    #: share of the window limit from which the schedule counts as dense (late sends matter)
-    DENSE = 0.5
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
                  window_s: float = 1.0, jitter_s: float = 0.0, late_s: float = 0.0) -> None:
@@ -68,16 +66,14 @@ class RateLimiter:
             send_at = max(send_at, self._recent[0] + self.window_s + self.guard_s)
             tat = max(tat, send_at)
         self._recent.append(send_at)
+        #: did this permit have to wait for the schedule? Only then can a late send bunch with
+        #: the next permits (see QuotaLink.gate); an immediate one had capacity to spare
+        self.contended = send_at > now + 1e-6
         self._tat = tat + interval
         self.granted += 1
         self._sends.append(send_at)
         while self._sends and self._sends[0] < now - self.WINDOW_S:
             self._sends.popleft()
-        #: is the schedule near the platform's window limit? Only then can a late send bunch with
-        #: the permits around it into an overrun (QuotaLink.gate drops a late one); far below
-        #: the limit (generous quotas) a late send is harmless and re-permitting is pure cost
-        in_window = sum(1 for t in self._sends if t > send_at - self.window_s)
-        self.contended = send_at > now + 1e-6 or in_window >= self.DENSE * self.window_limit
         return send_at - now
 
     def observe_usage(self, utilization: float) -> None:

@@ -275,13 +275,5 @@ def test_only_a_contended_permit_has_a_send_deadline() -> None:
         return [await gate() for _ in range(4)]
 
     latest = asyncio.run(go())
-    assert latest[0] is None  # immediate, the window nearly empty: capacity to spare
+    assert latest[0] is None  # immediate: capacity to spare
     assert all(x is not None for x in latest[2:])  # the schedule is full: each waited for its slot
-
-    generous = MediaSupervisor("meta", media_settings("meta", requests_per_second=400, burst=50), _never)
-
-    async def spread() -> list[float | None]:
-        gate = link(generous).gate
-        return [await gate() for _ in range(20)]
-
-    assert all(x is None for x in asyncio.run(spread()))  # 20 of 400 a second: never dense
