@@ -128,7 +128,7 @@ class SupervisorActor:
             self.metrics.observe(event)
             yield event
 
-    async def permit(self, utilization: float | None = None, account: str | None = None) -> tuple[float, bool]:
+    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
         return await self.core.permit(utilization, account)
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,

@@ -62,7 +62,7 @@ class QuotaLink:
 
     def __init__(
         self,
-        permit: Callable[[float | None, str | None], Awaitable[float | tuple[float, bool]]],
+        permit: Callable[[float | None, str | None], Awaitable[float]],
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
@@ -94,18 +94,16 @@ class QuotaLink:
         self._token = got
         return got.value.get()
 
-    async def gate(self, account: str | None = None) -> float | None:
+    async def gate(self, account: str | None = None) -> float:
         """Wait for this request's slot of the media's schedule; return the latest time it may
-        still be sent (its slot + ``late_send_s``) when the schedule was contended: a send later
-        than that would arrive bunched with the next permits and overrun the platform's window.
-        An uncontended permit (capacity to spare) may go whenever: None."""
+        still be sent (its slot + ``late_send_s``): a send later than that would arrive bunched
+        with the next permits and overrun the platform's window."""
         utilization, self._utilization = self._utilization, None
-        got = await self._permit(utilization, account)
-        send_at, contended = got if isinstance(got, tuple) else (got, True)
+        send_at = await self._permit(utilization, account)
         delay = (send_at or 0.0) - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        return (send_at or time.time()) + self._late_s if contended else None
+        return (send_at or time.time()) + self._late_s
 
     def on_usage(self, usage: Usage) -> None:
         self._utilization = max(self._utilization or 0.0, usage.utilization)

@@ -53,7 +53,6 @@ class RateLimiter:
         self.granted = 0
         self.paused_s = 0.0
         self._sends: deque[float] = deque()  # scheduled send times, for our measured rate
-        self.contended = False
 
     def reserve(self) -> float:
         """Take a permit now; return how long the caller must wait before using it."""
@@ -66,9 +65,6 @@ class RateLimiter:
             send_at = max(send_at, self._recent[0] + self.window_s + self.guard_s)
             tat = max(tat, send_at)
         self._recent.append(send_at)
-        #: did this permit have to wait for the schedule? Only then can a late send bunch with
-        #: the next permits (see QuotaLink.gate); an immediate one had capacity to spare
-        self.contended = send_at > now + 1e-6
         self._tat = tat + interval
         self.granted += 1
         self._sends.append(send_at)

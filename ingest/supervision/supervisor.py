@@ -109,9 +109,8 @@ class MediaSupervisor:
         self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0}
 
     # -- quota: every request of every fetcher of this media comes through here ----------
-    async def permit(self, utilization: float | None = None, account: str | None = None) -> tuple[float, bool]:
-        """Reserve one request of the media's budget; return its send time (``time.time()``) and
-        whether it had to wait for the schedule (a late send of such a permit would bunch).
+    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
+        """Reserve one request of the media's budget; return its send time (``time.time()``).
 
         The caller sleeps until then itself: the reservation travels to the fetcher ahead of
         its slot, so the Ray call's own delivery delay (tens of ms on a busy node) cannot
@@ -124,8 +123,7 @@ class MediaSupervisor:
             # held here, then given a slot of the media's schedule like any request: a paused
             # account's requests never go out together when its pause ends
             await asyncio.sleep(paused)
-        wait = self.limiter.reserve()
-        return time.time() + wait, self.limiter.contended
+        return time.time() + self.limiter.reserve()
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
                              cut_reads: int = 0) -> tuple[bool, float, str]:

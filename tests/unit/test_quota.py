@@ -263,17 +263,3 @@ def test_a_process_always_late_still_sends() -> None:
 
     session = asyncio.run(go())
     assert session.late_permits == HttpSession.MAX_LATE_PERMITS and session.requests == 1
-
-
-def test_only_a_contended_permit_has_a_send_deadline() -> None:
-    """Under the rate, a permit is immediate and may go whenever (no re-permit churn at generous
-    quotas); once the schedule is full, permits wait and carry the late-send deadline."""
-    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=10, burst=2), _never)
-
-    async def go() -> list[float | None]:
-        gate = link(sup).gate
-        return [await gate() for _ in range(4)]
-
-    latest = asyncio.run(go())
-    assert latest[0] is None  # immediate: capacity to spare
-    assert all(x is not None for x in latest[2:])  # the schedule is full: each waited for its slot

@@ -155,7 +155,7 @@ def test_an_account_throttle_pauses_that_account_only() -> None:
         started = time.monotonic()
 
         async def granted(account: str) -> float:
-            send_at, _ = await sup.permit(None, account)
+            send_at = await sup.permit(None, account)
             return max(send_at - time.time(), 0.0) + time.monotonic() - started
 
         paused, other = await asyncio.gather(granted("111"), granted("222"))
