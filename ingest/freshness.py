@@ -25,8 +25,7 @@ import sqlalchemy as sa
 
 from ingest.config import PipelineConfig
 from ingest.ledger import Ledger, report_tasks, stage_steps
-from ingest.media.registry import connector_class
-from ingest.timezones import local_yesterday
+from ingest.timezones import AccountTimezones, local_yesterday
 
 State = Literal["ok", "partial", "stale", "failed", "missing"]
 PROBLEMS: tuple[State, ...] = ("missing", "failed", "stale", "partial")
@@ -89,14 +88,10 @@ class FreshnessReport:
 
 
 def account_zones(cfg: PipelineConfig, ledger: Ledger) -> dict[tuple[str, str], str]:
-    """Each account's zone as the nightly last knew it, without asking any API: config →
-    ledger → the platform's fixed zone → the config's ``timezone``."""
-    remembered = ledger.timezones()
-    zones = {}
-    for media, settings in cfg.media.items():
-        fixed = connector_class(settings.connector).fixed_timezone
-        for account in settings.accounts:
-            zones[(media, account.id)] = account.timezone or remembered.get((media, account.id)) or fixed or cfg.timezone
+    """Each account's zone as the nightly last knew it, without asking any API
+    (``AccountTimezones.known``); a zone never looked up falls back to the config's ``timezone``."""
+    zones, unknown = AccountTimezones(cfg, ledger).known(cfg.media_names())
+    zones.update({(m, account): cfg.timezone for m, accounts in unknown.items() for account in accounts})
     return zones
 
 

@@ -43,7 +43,9 @@ class AccountTimezones:
         self.cfg = cfg
         self.ledger = ledger
 
-    def resolve(self, media: list[str], secrets: dict[str, dict[str, Secret]]) -> dict[AccountRef, str]:
+    def known(self, media: list[str]) -> tuple[dict[AccountRef, str], dict[str, list[str]]]:
+        """The zones known without asking any API (config → ledger → fixed zone), and per media
+        the accounts whose zone is not known yet."""
         zones: dict[AccountRef, str] = {}
         remembered = self.ledger.timezones()
         unknown: dict[str, list[str]] = {}
@@ -57,6 +59,10 @@ class AccountTimezones:
                     zones[ref] = tz
                 else:
                     unknown.setdefault(m, []).append(account.id)
+        return zones, unknown
+
+    def resolve(self, media: list[str], secrets: dict[str, dict[str, Secret]]) -> dict[AccountRef, str]:
+        zones, unknown = self.known(media)
         if unknown:
             found = asyncio.run(self._look_up(unknown, secrets))
             self.ledger.remember_timezones(found)
