@@ -322,11 +322,26 @@ class Ledger:
         even when their content did not change — the operator asked for them to be redone."""
         changed: set[tuple[str, date]] = set()
         with self.engine.begin() as conn:
+            landed = self._landed(conn, events)
             for event in events:
-                self._apply(conn, run_id, event, changed, republish)
+                self._apply(conn, run_id, event, changed, landed, republish)
+
+    @staticmethod
+    def _landed(conn: sa.Connection, events: list[Event]) -> dict[tuple[str, str, date], tuple[str | None, int]]:
+        """(content digest, revisions) of every day the done events of a batch land, read in one
+        query rather than one per report (the driver writes a whole night through here)."""
+        wanted = {(e.key.media, e.key.account, d.day) for e in events if e.kind == "done" and e.key and e.result
+                  for d in (e.result.days or (DayResult(e.key.day, e.result.totals, "", ""),))}
+        if not wanted:
+            return {}
+        t = report_tasks
+        rows = conn.execute(sa.select(t.c.media, t.c.account_id, t.c.date, t.c.content_hash, t.c.revisions).where(
+            t.c.media.in_({m for m, _, _ in wanted}), t.c.account_id.in_({a for _, a, _ in wanted}),
+            t.c.date.in_({d for _, _, d in wanted}))).all()
+        return {(m, a, d): (h, r or 0) for m, a, d, h, r in rows if (m, a, d) in wanted}
 
     def _apply(self, conn: sa.Connection, run_id: str, event: Event, changed: set[tuple[str, date]],
-               republish: bool = False) -> None:
+               landed: dict[tuple[str, str, date], tuple[str | None, int]], republish: bool = False) -> None:
         """The single place a task's status changes. ``changed``: partitions already marked
         pending for stage 2 in this transaction (one upsert per partition, not per report)."""
         key = event.key
@@ -347,18 +362,20 @@ class Ledger:
             r = event.result
             days = r.days or (DayResult(key.day, r.totals, "", ""),)  # results without days: older callers
             for d in days:
-                self._land_day(conn, run_id, ReportKey(key.media, key.account, d.day), d, r, values, at, changed, republish)
+                self._land_day(conn, run_id, ReportKey(key.media, key.account, d.day), d, r, values, at, changed, landed,
+                               republish)
             return
         values.update(error_kind=event.error_kind, error_message=(event.message or "")[:4000])
         conn.execute(report_tasks.update().where(where).values(**values))
 
     def _land_day(self, conn: sa.Connection, run_id: str, key: ReportKey, d: DayResult, r: ReportResult,
-                  values: dict[str, Any], at: datetime, changed: set[tuple[str, date]], republish: bool = False) -> None:
+                  values: dict[str, Any], at: datetime, changed: set[tuple[str, date]],
+                  landed: dict[tuple[str, str, date], tuple[str | None, int]], republish: bool = False) -> None:
         """One day of a done report: its sums, and whether its content changed since it was last
-        landed. Only a changed day (or a first one) sends its partition to stage 2 again."""
-        before = conn.execute(sa.select(report_tasks.c.content_hash, report_tasks.c.revisions)
-                              .where(_task_is(key))).first()
-        old_hash, revisions = (before[0], before[1] or 0) if before is not None else (None, 0)
+        landed (``landed``: what the batch read before). Only a changed day (or a first one)
+        sends its partition to stage 2 again."""
+        ref = (key.media, key.account, key.day)
+        old_hash, revisions = landed.get(ref, (None, 0))
         differs = not d.digest or d.digest != old_hash
         row = dict(values, error_kind=None, error_message=None, rows=d.totals.rows, bytes=r.bytes, requests=r.requests,
                    impressions=d.totals.impressions, clicks=d.totals.clicks, spend=d.totals.spend,
@@ -367,6 +384,7 @@ class Ledger:
         if differs:
             row.update(revisions=revisions + 1, last_changed_at=at)
         conn.execute(report_tasks.update().where(_task_is(key)).values(**row))
+        landed[ref] = (d.digest or None, row.get("revisions", revisions))  # the same day again in this batch
         if (differs or republish) and (key.media, key.day) not in changed:
             # the partition changed: stage 2 must (re)load it, even if this driver dies now
             changed.add((key.media, key.day))
