@@ -58,9 +58,7 @@ def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: M
     app = create_app(LedgerReader(engine), token=token, page_size=cfg.ui.page_size, cmd_suffix=suffix,
                      timezone=cfg.timezone)
     if not _port_free(host, port):  # before announcing anything: one line, not a listening message and a traceback
-        print(f"error: port {port} on {host} is already in use: stop what listens there, or pass --port "
-              f"(or set ui.port in the config)", file=sys.stderr)
-        return EXIT_USAGE
+        return _port_in_use(host, port)
     shown = f"[{host}]" if ":" in host else host
     log.info("ui_listening", url=f"http://{shown}:{port}/", token_required=bool(token))
     print(f"ingest ui: http://{shown}:{port}/" + ("  (access token required: ?token=… once, then a cookie)" if token else ""),
@@ -70,10 +68,14 @@ def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: M
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        print(f"error: port {port} on {host} is already in use: stop what listens there, or pass --port "
-              f"(or set ui.port in the config)", file=sys.stderr)
-        return EXIT_USAGE
+        return _port_in_use(host, port)  # taken between the check and the bind
     return 0
+
+
+def _port_in_use(host: str, port: int) -> int:
+    print(f"error: port {port} on {host} is already in use: stop what listens there, or pass --port "
+          f"(or set ui.port in the config)", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _port_free(host: str, port: int) -> bool:
