@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
-from ingest.supervision.fetcher import QuotaLink, ReportFetcher, build_connector
+from ingest.supervision.fetcher import QuotaLink, ReportFetcher, SupervisorGone, build_connector
 from ingest.supervision.metrics import PipelineMetrics
 from ingest.supervision.placement import Placement
 from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
@@ -43,11 +44,10 @@ class FetcherActor:
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
         refresh = "refresh_token" in secrets  # the supervisor holds the media's token cache
-        self.quota = QuotaLink(lambda u, a: supervisor.permit.remote(u, a), lambda k: supervisor.acquire_job.remote(k),
-                               lambda k: supervisor.release_job.remote(k),
-                               (lambda r: supervisor.access_token.remote(r)) if refresh else None,
-                               lambda k, e, n, w, c: supervisor.request_failed.remote(k, e, n, w, c),
-                               late_s=settings.quota.late_send_s)
+        self.quota = QuotaLink(_to_supervisor(supervisor.permit), _to_supervisor(supervisor.acquire_job),
+                               _to_supervisor(supervisor.release_job),
+                               _to_supervisor(supervisor.access_token) if refresh else None,
+                               _to_supervisor(supervisor.request_failed), late_s=settings.quota.late_send_s)
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
@@ -83,6 +83,19 @@ class RayFetcher(FetcherHandle):
             raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
         except ray.exceptions.RayActorError as exc:
             raise WorkerDied(f"pid {self.pid} on node …{self.node_id[-8:]}: {type(exc).__name__}") from None
+
+
+def _to_supervisor(method: Any) -> Callable[..., Awaitable[Any]]:
+    """A supervisor actor method as a plain async callable: its death (the driver or the head
+    node went away) arrives as ``SupervisorGone``, which the fetcher does not count as a failure."""
+
+    async def call(*args: Any) -> Any:
+        try:
+            return await method.remote(*args)
+        except ray.exceptions.RayActorError as exc:
+            raise SupervisorGone(type(exc).__name__) from None
+
+    return call
 
 
 @ray.remote

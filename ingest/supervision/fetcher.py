@@ -33,6 +33,12 @@ from ingest.tasks import DayResult, ReportKey, ReportResult, Totals
 log = structlog.get_logger("ingest.fetcher")
 
 
+class SupervisorGone(Exception):
+    """The media's supervisor (the quota, the retry policy) no longer answers: its driver or node
+    died. Not a failure of the report — nobody is waiting for it, and the report is fetched again
+    by the next run — so it is neither classified nor kept under ``failed/``."""
+
+
 def build_connector(media: str, settings: MediaSettings, secrets: dict[str, Secret]) -> Connector:
     cls = connector_class(settings.connector)
     version = settings.api_version or cls.default_version  # resolved at load; the default only for hand-built settings
@@ -169,7 +175,7 @@ class ReportFetcher:
         try:
             rows = await self.connector.fetch(session, key.account, key.day, key.last)
             self._check_rows(key, rows)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, SupervisorGone):
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure is classified and its raw kept
             error = ensure_classified(exc, key.media, key.account, key.day)

@@ -263,3 +263,43 @@ def test_a_process_always_late_still_sends() -> None:
 
     session = asyncio.run(go())
     assert session.late_permits == HttpSession.MAX_LATE_PERMITS and session.requests == 1
+
+
+class _Store:
+    bucket_name = "b"
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def put_json(self, name: str, doc: Any) -> int:
+        self.names.append(name)
+        return 1
+
+    def put(self, name: str, data: bytes, content_type: str) -> int:
+        self.names.append(name)
+        return len(data)
+
+
+def test_a_dead_supervisor_is_not_a_failed_report() -> None:
+    """When the supervisor dies (the driver was killed), a fetcher still in flight gets
+    SupervisorGone from its quota link: nothing is kept under failed/, nothing is classified.
+    An API failure still is (the contrast)."""
+    from ingest.supervision.fetcher import ReportFetcher, SupervisorGone
+
+    async def gone(*_: Any) -> Any:
+        raise SupervisorGone("ActorDiedError")
+
+    async def ok(*_: Any) -> Any:
+        return None
+
+    async def go(permit: Any) -> list[str]:
+        store = _Store()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500, json={}))) as client:
+            fetcher = ReportFetcher("meta", media_settings("meta"), make(MetaConnector), store, client)  # type: ignore[arg-type]
+            with pytest.raises(Exception) as err:
+                await fetcher.fetch(ReportKey("meta", "1234", DAY), QuotaLink(permit, ok, ok))
+        return [type(err.value).__name__, *store.names]
+
+    assert asyncio.run(go(gone)) == ["SupervisorGone"]  # no failed/ object
+    kind, *names = asyncio.run(go(lambda *_: asyncio.sleep(0, result=0.0)))
+    assert kind != "SupervisorGone" and names == [f"failed/meta/dt={DAY.isoformat()}/1234.json"]
