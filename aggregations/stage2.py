@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -39,11 +39,11 @@ from aggregations.totals import Totals
 from ingest.clients import bq_client, gcs_client, rdb_engine
 from ingest.config import PipelineConfig, RetrySettings, check_name
 from ingest.errors import ConfigError, IngestError
+from ingest.outcomes import PartitionStatus
 from ingest.storage import ReportStore, partition_prefix
 
 log = structlog.get_logger("aggregations.stage2")
 
-PartitionStatus = Literal["published", "skipped", "failed"]
 Partition = tuple[str, date]
 
 
@@ -52,7 +52,7 @@ class PartitionResult:
     media: str
     date: date
     #: starts "failed" (error None = still in progress) so a partition no step finished is never "published"
-    status: PartitionStatus = "failed"
+    status: PartitionStatus = PartitionStatus.FAILED
     csv_objects: int = 0
     rows_loaded: int = 0
     #: reconciliation numbers when published; why, when skipped
@@ -62,7 +62,7 @@ class PartitionResult:
 
     def fail(self, message: str) -> None:
         """Mark failed; the first failure is the one reported (later ones are consequences)."""
-        self.status = "failed"
+        self.status = PartitionStatus.FAILED
         if self.error is None:
             self.error = message
 
@@ -84,7 +84,7 @@ class Stage2Result:
 
     @property
     def ok(self) -> bool:
-        return all(p.status != "failed" for p in self.partitions.values())
+        return all(p.status != PartitionStatus.FAILED for p in self.partitions.values())
 
     def by_status(self, status: PartitionStatus) -> list[PartitionResult]:
         return [p for p in self.partitions.values() if p.status == status]
@@ -229,7 +229,7 @@ class _Stage2:
                 try:
                     names = partition_csvs(self.store, media, day)
                     if not names:
-                        self.results[p].status = "skipped"
+                        self.results[p].status = PartitionStatus.SKIPPED
                         self.results[p].detail = (f"no CSV under gs://{self.cfg.gcs.bucket}/{partition_prefix(media, day)}: "
                                                   f"previous data kept")
                         continue
@@ -346,7 +346,7 @@ class _Stage2:
                 media, day = p
                 rec = reconcile(fetched.get(p), self.csv_tot[p], self.raw_tot.get(day, {}).get(media, Totals()), marts[p])
                 if rec.ok:
-                    self.results[p].status, self.results[p].detail = "published", rec.detail
+                    self.results[p].status, self.results[p].detail = PartitionStatus.PUBLISHED, rec.detail
                 else:
                     self.results[p].detail = rec.detail
                     self.fail([p], rec.detail)
@@ -354,13 +354,13 @@ class _Stage2:
     def finish(self) -> Stage2Result:
         results, out, bound = self.results, self.out, self.log
         for r in results.values():
-            if r.status == "failed" and r.error is None:  # defensive: every path above sets one
+            if r.status == PartitionStatus.FAILED and r.error is None:  # defensive: every path above sets one
                 r.error = "not processed"
         bound.info(
             "stage2.done",
-            published=len(out.by_status("published")),
-            skipped=len(out.by_status("skipped")),
-            failed=len(out.by_status("failed")),
+            published=len(out.by_status(PartitionStatus.PUBLISHED)),
+            skipped=len(out.by_status(PartitionStatus.SKIPPED)),
+            failed=len(out.by_status(PartitionStatus.FAILED)),
             bq_jobs=out.bq_jobs,
             rows=out.published_rows,
             durations_s={k: round(v, 3) for k, v in out.durations_s.items()},

@@ -22,6 +22,7 @@ from ingest.errors import ConfigError, redact
 from ingest.job import EXIT_FAILED, EXIT_LOCKED, EXIT_SUCCESS, EXIT_USAGE, NightlyJob, RunReport, RunRequest
 from ingest.ledger import LockedError
 from ingest.logging import configure_logging
+from ingest.outcomes import PartitionStatus
 
 
 class UsageError(ConfigError):
@@ -156,7 +157,7 @@ def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None
         "exit_code": report.exit_code,
         "fetch_seconds": round(report.fetch_s, 2),
         "stage2_seconds": round(report.stage2_s, 2),
-        "media": {m: vars(s) for m, s in report.media.items()},
+        "media": report.media.to_doc(),
         "rows_loaded": sum(p.rows_loaded for p in stage2.partitions.values()) if stage2 else 0,
         "summary_rows_published": dict(stage2.published_rows) if stage2 else {},
         "partitions": {f"{m}/{d}": {"status": p.status, "rows_loaded": p.rows_loaded, "detail": p.error or p.detail}
@@ -177,7 +178,7 @@ def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None
     for table, n in doc["summary_rows_published"].items():
         print(f"  published {n:>6} rows → {table}")
     for name, part in doc["partitions"].items():
-        if part["status"] == "failed":
+        if part["status"] == PartitionStatus.FAILED:
             print(f"  STAGE 2 FAILED {name}: {part['detail']}")
     for f in report.failures[:10]:
         print(f"  FAILED {f['media']}/{f['account_id']}/{f['date']} after {f['attempts']} attempts: {f['error_message']}")

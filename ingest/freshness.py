@@ -19,16 +19,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 
 from ingest.config import PipelineConfig
 from ingest.ledger import Ledger, report_tasks, stage_steps
+from ingest.outcomes import PartitionStatus, TaskStatus
 from ingest.timezones import AccountTimezones, local_yesterday
 
-State = Literal["ok", "partial", "stale", "failed", "missing"]
-PROBLEMS: tuple[State, ...] = ("missing", "failed", "stale", "partial")
+class State(StrEnum):
+    """An expected (media, account, date) as analysts see it."""
+
+    OK = "ok"
+    PARTIAL = "partial"
+    STALE = "stale"
+    FAILED = "failed"
+    MISSING = "missing"
+
+
+#: worst first
+PROBLEMS: tuple[State, ...] = (State.MISSING, State.FAILED, State.STALE, State.PARTIAL)
 
 
 @dataclass
@@ -50,7 +62,7 @@ class AccountFreshness:
 
     @property
     def ok(self) -> bool:
-        return all(s == "ok" for s in self.states.values())
+        return all(s == State.OK for s in self.states.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,7 +72,7 @@ class AccountFreshness:
             "final_through": (self.may_change_from - timedelta(days=1)).isoformat(),
             "may_change_from": self.may_change_from.isoformat(),
             "last_fetched_at": self.last_fetched_at.isoformat() if self.last_fetched_at else None,
-            **{state: [d.isoformat() for d in self.dates(state)] for state in PROBLEMS},
+            **{str(state): [d.isoformat() for d in self.dates(state)] for state in PROBLEMS},
             "reasons": {d.isoformat(): r for d, r in sorted(self.reasons.items())},
         }
 
@@ -131,11 +143,11 @@ def check_freshness(cfg: PipelineConfig, ledger: Ledger, *, day: date | None = N
             if reason:
                 fresh.reasons[d] = reason
             if t is not None:
-                seen = t["last_fetched_at"] or (t["finished_at"] if t["status"] == "done" else None)
+                seen = t["last_fetched_at"] or (t["finished_at"] if t["status"] == TaskStatus.DONE else None)
                 if seen is not None:
                     seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
                     fresh.last_fetched_at = max(fresh.last_fetched_at or seen, seen)
-        ok = fresh.dates("ok")
+        ok = fresh.dates(State.OK)
         fresh.latest_complete = ok[-1] if ok else None
         out.append(fresh)
     return FreshnessReport(now, out)
@@ -143,17 +155,19 @@ def check_freshness(cfg: PipelineConfig, ledger: Ledger, *, day: date | None = N
 
 def _state(task: Any, stage: str | None) -> tuple[State, str | None]:
     if task is None:
-        return "missing", "never fetched"
+        return State.MISSING, "never fetched"
     landed = task["content_hash"] is not None or task["rows"] is not None
     status = task["status"]
-    if status == "failed":
+    if status == TaskStatus.FAILED:
         why = f"{task['error_kind'] or 'error'}: {(task['error_message'] or '')[:200]}"
-        return ("stale", f"last refetch failed ({why}); an earlier fetch is published") if landed else ("failed", why)
-    if status != "done":
-        return "partial", f"fetch {status}"
-    if stage != "published":
-        return "partial", f"fetched, stage 2 {stage or 'not run'}"
-    return "ok", None
+        if landed:
+            return State.STALE, f"last refetch failed ({why}); an earlier fetch is published"
+        return State.FAILED, why
+    if status != TaskStatus.DONE:
+        return State.PARTIAL, f"fetch {status}"
+    if stage != PartitionStatus.PUBLISHED:
+        return State.PARTIAL, f"fetched, stage 2 {stage or 'not run'}"
+    return State.OK, None
 
 
 def render_text(report: FreshnessReport) -> list[str]:

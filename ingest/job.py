@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -27,11 +27,15 @@ from ingest.config import PipelineConfig
 from ingest.errors import ConfigError
 from ingest.ledger import Ledger, LockedError
 from ingest.notify import Notifier
+from ingest.outcomes import MediaCounts, PartitionStatus, RunCounts, RunOutcome, TaskStatus
 from ingest.media.base import Secret
 from ingest.progress import NoProgress, Progress
 from ingest.storage import ReportStore
 from ingest.supervision.fetcher import resolve_secrets
 from ingest.tasks import Event, ReportKey
+
+if TYPE_CHECKING:
+    from aggregations.stage2 import Stage2Result
 
 log = structlog.get_logger("ingest.job")
 
@@ -43,6 +47,8 @@ EXIT_PARTIAL = 3
 EXIT_FAILED = 4
 #: another live run holds a (media, date) this run needs: refused, nothing started; try later
 EXIT_LOCKED = 5
+#: a finished run's outcome → the driver's exit code (``aborted`` raises instead)
+EXIT_CODES = {RunOutcome.SUCCESS: EXIT_SUCCESS, RunOutcome.PARTIAL: EXIT_PARTIAL, RunOutcome.FAILED: EXIT_FAILED}
 #: how many times the driver recreates a media's supervisor that died before giving up on it
 SUPERVISOR_RESTARTS = 3
 
@@ -71,24 +77,12 @@ class RunRequest:
 
 
 @dataclass
-class MediaSummary:
-    planned: int = 0
-    skipped: int = 0
-    done: int = 0
-    failed: int = 0
-    retries: int = 0
-    restarts: int = 0
-    rows: int = 0
-    requests: int = 0
-
-
-@dataclass
 class RunReport:
     run_id: str
-    outcome: str
+    outcome: RunOutcome
     exit_code: int
-    media: dict[str, MediaSummary] = field(default_factory=dict)
-    stage2: Any = None
+    media: RunCounts = field(default_factory=RunCounts)
+    stage2: Stage2Result | None = None
     fetch_s: float = 0.0
     #: part of fetch_s spent starting a local Ray (0 when joining a running cluster)
     ray_start_s: float = 0.0
@@ -180,17 +174,17 @@ class NightlyJob:
             taken = self.ledger.acquire(run_id, [(m, d) for m in req.media for d in touched],
                                         stale_after_s=self.cfg.lock_stale_s, take_over=req.take_over)
         except LockedError as exc:
-            self.ledger.close_run(run_id, "aborted", {"refused": exc.message})
+            self.ledger.close_run(run_id, RunOutcome.ABORTED, RunCounts(), refused=exc.message)
             raise
         # Read states only once the locks are ours: a run that just finished has written them.
         states = self.ledger.states(all_keys)
         # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches;
         # the refetch window is fetched every night (that is its point).
         todo = all_keys if req.force else [k for k in all_keys
-                                           if k.span > 1 or states.get(k, {}).get("status") != "done"]
+                                           if k.span > 1 or states.get(k, {}).get("status") != TaskStatus.DONE]
         if taken:
             log.warning("stale_locks_taken_over", from_runs=taken)
-        report = RunReport(run_id, "running", EXIT_SUCCESS, {m: MediaSummary() for m in req.media})
+        report = RunReport(run_id, RunOutcome.RUNNING, EXIT_SUCCESS, RunCounts.empty(req.media))
         todo_set = set(todo)
         for key in all_keys:
             report.media[key.media].planned += 1
@@ -215,7 +209,7 @@ class NightlyJob:
                 self._publish_freshness()
             report.stage2_s = time.perf_counter() - started
         except BaseException as exc:
-            self.ledger.close_run(run_id, "aborted", self._counts(report))
+            self.ledger.close_run(run_id, RunOutcome.ABORTED, report.media)
             self._notify_end(req, report, exc)
             raise
         finally:
@@ -225,10 +219,10 @@ class NightlyJob:
         report.outcome, report.exit_code = self._outcome(report)
         report.failures = [
             {k: r[k] for k in ("media", "account_id", "date", "attempts", "error_kind", "error_message")}
-            for r in self.ledger.task_rows(dates=touched) if r["status"] == "failed" and r["media"] in req.media
+            for r in self.ledger.task_rows(dates=touched) if r["status"] == TaskStatus.FAILED and r["media"] in req.media
         ]
-        self.ledger.close_run(run_id, report.outcome, self._counts(report))  # type: ignore[arg-type]
-        log.info("run_finished", outcome=report.outcome, exit_code=report.exit_code, **self._counts(report))
+        self.ledger.close_run(run_id, report.outcome, report.media)
+        log.info("run_finished", outcome=report.outcome, exit_code=report.exit_code, **report.media.to_doc())
         self._notify_end(req, report)
         return report
 
@@ -302,7 +296,7 @@ class NightlyJob:
                           message=f"supervisor of {media} died or failed {SUPERVISOR_RESTARTS + 1} times")
             self._record(run_id, event, summary, remaining, next_attempt)
 
-    def _record(self, run_id: str, event: Event, summary: Any, remaining: set[ReportKey],
+    def _record(self, run_id: str, event: Event, summary: MediaCounts, remaining: set[ReportKey],
                 next_attempt: dict[ReportKey, int]) -> None:
         if self._writer is not None:
             self._writer.put(event)
@@ -328,7 +322,7 @@ class NightlyJob:
                 summary.failed += 1
 
     # -- stage 2 -----------------------------------------------------------------------------
-    def _stage2(self, run_id: str, partitions: list[tuple[str, date]], store: ReportStore) -> Any:
+    def _stage2(self, run_id: str, partitions: list[tuple[str, date]], store: ReportStore) -> Stage2Result | None:
         if not partitions:
             return None
         from aggregations.stage2 import run_stage2
@@ -349,20 +343,12 @@ class NightlyJob:
             log.warning("freshness_not_published", reason=f"{type(exc).__name__}: {exc}"[:300])
 
     # -- outcome ------------------------------------------------------------------------------
-    def _outcome(self, report: RunReport) -> tuple[str, int]:
-        done = sum(m.done + m.skipped for m in report.media.values())
-        failed = sum(m.failed for m in report.media.values())
+    def _outcome(self, report: RunReport) -> tuple[RunOutcome, int]:
         stage_failed = 0
         if report.stage2 is not None:
-            stage_failed = sum(1 for p in report.stage2.partitions.values() if p.status == "failed")
-        if failed == 0 and stage_failed == 0:
-            return "success", EXIT_SUCCESS
-        if done == 0:
-            return "failed", EXIT_FAILED
-        return "partial", EXIT_PARTIAL
-
-    def _counts(self, report: RunReport) -> dict[str, Any]:
-        return {m: vars(s) for m, s in report.media.items()}
+            stage_failed = len(report.stage2.by_status(PartitionStatus.FAILED))
+        outcome = report.media.outcome(stage_failed)
+        return outcome, EXIT_CODES[outcome]
 
     def _notify_end(self, req: RunRequest, report: RunReport, error: BaseException | None = None) -> None:
         """Webhook message for every finished run (success too); a failing webhook is only logged."""

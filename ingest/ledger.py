@@ -21,16 +21,16 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.errors import IngestError
+from ingest.outcomes import PartitionStatus, RunCounts, RunOutcome, TaskStatus
 from ingest.tasks import DayResult, Event, ReportKey, ReportResult, Totals
 
-RunOutcome = Literal["running", "success", "partial", "failed", "aborted"]
 
 metadata = sa.MetaData()
 
@@ -133,6 +133,10 @@ account_timezones = sa.Table(
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+#: stage 2 still owes these partitions a publish
+_NOT_PUBLISHED = (PartitionStatus.PENDING, PartitionStatus.FAILED)
 
 
 class LockedError(IngestError):
@@ -251,8 +255,8 @@ class Ledger:
                     + f". Wait for it to finish, or pass --take-over if that run is dead (its locks go stale "
                       f"{stale_after_s:.0f}s after its last heartbeat).", code=",".join(sorted(held)))
             for old in taken:
-                conn.execute(runs.update().where(runs.c.run_id == old, runs.c.outcome == "running").values(
-                    outcome="aborted", finished_at=now()))
+                conn.execute(runs.update().where(runs.c.run_id == old, runs.c.outcome == RunOutcome.RUNNING).values(
+                    outcome=RunOutcome.ABORTED, finished_at=now()))
         return sorted(taken)
 
     def heartbeat(self, run_id: str) -> None:
@@ -269,14 +273,18 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 run_id=run_id, kind=kind, date_from=min(dates), date_to=max(dates), media=",".join(media),
-                started_by=started_by(), started_at=now(), outcome="running", counts="{}",
+                started_by=started_by(), started_at=now(), outcome=RunOutcome.RUNNING, counts="{}",
             ))
         return run_id
 
-    def close_run(self, run_id: str, outcome: RunOutcome, counts: dict[str, Any]) -> None:
+    def close_run(self, run_id: str, outcome: RunOutcome, counts: RunCounts, *, refused: str | None = None) -> None:
+        """``refused``: why a run that never started was turned away (kept beside its counts)."""
+        doc: dict[str, Any] = dict(counts.to_doc())
+        if refused:
+            doc["refused"] = refused
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.run_id == run_id).values(
-                finished_at=now(), outcome=outcome, counts=json.dumps(counts, default=str)))
+                finished_at=now(), outcome=outcome, counts=json.dumps(doc)))
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -308,7 +316,7 @@ class Ledger:
             for key in (day for k in keys for day in k.day_keys()):
                 conn.execute(_upsert(self.engine, report_tasks, {
                     "media": key.media, "account_id": key.account, "date": key.day, "run_id": run_id,
-                    "status": "pending", "attempts": 0, "error_kind": None, "error_message": None,
+                    "status": TaskStatus.PENDING, "attempts": 0, "error_kind": None, "error_message": None,
                     "started_at": None, "finished_at": None, "duration_s": None,
                 }, ["media", "account_id", "date"]))
 
@@ -355,9 +363,9 @@ class Ledger:
         where = _task_is(key)
         if event.kind == "retry":
             conn.execute(report_tasks.update().where(where).values(
-                status="retrying", attempts=event.attempt, error_kind=event.error_kind, error_message=event.message))
+                status=TaskStatus.RETRYING, attempts=event.attempt, error_kind=event.error_kind, error_message=event.message))
             return
-        values: dict[str, Any] = {"status": event.kind, "attempts": event.attempt, "finished_at": at}
+        values: dict[str, Any] = {"status": TaskStatus(event.kind), "attempts": event.attempt, "finished_at": at}
         if event.kind == "done" and event.result is not None:
             r = event.result
             days = r.days or (DayResult(key.day, r.totals, "", ""),)  # results without days: older callers
@@ -389,15 +397,15 @@ class Ledger:
             # the partition changed: stage 2 must (re)load it, even if this driver dies now
             changed.add((key.media, key.day))
             conn.execute(_upsert(self.engine, stage_steps, {
-                "media": key.media, "date": key.day, "run_id": run_id, "status": "pending", "loaded_rows": None,
+                "media": key.media, "date": key.day, "run_id": run_id, "status": PartitionStatus.PENDING, "loaded_rows": None,
                 "message": "new reports fetched", "updated_at": at}, ["media", "date"]))
 
     def mark_running(self, run_id: str, media: str) -> None:
         """The run's planned reports of ``media`` are now with its supervisor (one statement)."""
         with self.engine.begin() as conn:
             conn.execute(report_tasks.update().where(
-                report_tasks.c.run_id == run_id, report_tasks.c.media == media, report_tasks.c.status == "pending"
-            ).values(status="running", started_at=now()))
+                report_tasks.c.run_id == run_id, report_tasks.c.media == media, report_tasks.c.status == TaskStatus.PENDING
+            ).values(status=TaskStatus.RUNNING, started_at=now()))
 
     def fetched_totals(self, partitions: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:
         """Per (media, date), the sums of each report's last *good* fetch: what reconciliation expects.
@@ -433,8 +441,8 @@ class Ledger:
         dead run) and stage-2 partitions still pending or failed, for these media (and date)."""
         media = set(media)
         t, s = report_tasks, stage_steps
-        q = sa.select(t.c.media, t.c.account_id, t.c.date).where(t.c.status != "done", t.c.media.in_(media))
-        qs = sa.select(s.c.media, s.c.date).where(s.c.status.in_(("pending", "failed")), s.c.media.in_(media))
+        q = sa.select(t.c.media, t.c.account_id, t.c.date).where(t.c.status != TaskStatus.DONE, t.c.media.in_(media))
+        qs = sa.select(s.c.media, s.c.date).where(s.c.status.in_(_NOT_PUBLISHED), s.c.media.in_(media))
         if day is not None:
             q, qs = q.where(t.c.date == day), qs.where(s.c.date == day)
         with self.engine.connect() as conn:
@@ -461,7 +469,7 @@ class Ledger:
             return [dict(r) for r in conn.execute(sa.select(task_events).where(task_events.c.run_id == run_id).order_by(task_events.c.id)).mappings()]
 
     # -- stage 2 ---------------------------------------------------------------------------
-    def record_stage(self, run_id: str, media: str, day: date, status: str, loaded_rows: int | None, message: str | None) -> None:
+    def record_stage(self, run_id: str, media: str, day: date, status: PartitionStatus, loaded_rows: int | None, message: str | None) -> None:
         with self.engine.begin() as conn:
             conn.execute(_upsert(self.engine, stage_steps, {
                 "media": media, "date": day, "run_id": run_id, "status": status, "loaded_rows": loaded_rows,
@@ -472,7 +480,7 @@ class Ledger:
         media, dates = set(media), set(dates)
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(stage_steps.c.media, stage_steps.c.date).where(
-                stage_steps.c.status.in_(("pending", "failed")), stage_steps.c.media.in_(media),
+                stage_steps.c.status.in_(_NOT_PUBLISHED), stage_steps.c.media.in_(media),
                 stage_steps.c.date.in_(dates))).all()
         return sorted((r[0], r[1]) for r in rows)
 

@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,6 +34,10 @@ import structlog
 from ingest.config import NotifySettings
 from ingest.ui.render import fmt_dur  # one duration format for the page and the messages
 from ingest.errors import redact, register_secret
+from ingest.outcomes import PartitionStatus, RunCounts, RunOutcome
+
+if TYPE_CHECKING:
+    from ingest.job import RunReport
 
 log = structlog.get_logger("ingest.notify")
 
@@ -72,7 +76,7 @@ def run_message(
     outcome: str,
     exit_code: int | None,
     dates: tuple[str, str],
-    media: Mapping[str, Mapping[str, Any]],
+    counts: RunCounts,
     failures: list[Mapping[str, Any]],
     stage2_failed: list[str],
     duration_s: float | None,
@@ -81,9 +85,7 @@ def run_message(
     error: str | None = None,
 ) -> dict[str, Any]:
     """The end-of-run message (pure: tests call it directly)."""
-    planned = sum(int(m.get("planned", 0)) for m in media.values())
-    done = sum(int(m.get("done", 0)) + int(m.get("skipped", 0)) for m in media.values())
-    failed = sum(int(m.get("failed", 0)) for m in media.values())
+    planned, done, failed = counts.planned, counts.ok, counts.failed
     day = dates[0] if dates[0] == dates[1] else f"{dates[0]}..{dates[1]}"
     emoji = _EMOJI.get(outcome, ":grey_question:")
     text = (f"{emoji} ingest {kind} {day}: {outcome.upper()} — {done}/{planned} reports ok, {failed} failed"
@@ -102,11 +104,11 @@ def run_message(
             {"type": "mrkdwn", "text": f"*Duration*\n{_duration(duration_s)}"},
         ]},
     ]
-    if media:
+    if counts:
         lines = []
-        for name, m in media.items():
-            lines.append(f"*{_esc(name)}*: {m.get('done', 0)} done · {m.get('skipped', 0)} skipped · "
-                         f"{m.get('failed', 0)} failed · {m.get('retries', 0)} retries · {m.get('rows', 0)} rows")
+        for name, m in counts.items():
+            lines.append(f"*{_esc(name)}*: {m.done} done · {m.skipped} skipped · "
+                         f"{m.failed} failed · {m.retries} retries · {m.rows} rows")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}})
     if error:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Aborted:* {_esc(error, 500)}"}})
@@ -244,7 +246,7 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001
             log.warning("notify_failed", notification="breaker_open", reason=f"{type(exc).__name__}: {exc}")
 
-    def run_finished(self, report: Any, run_row: Mapping[str, Any] | None, *, kind: str,
+    def run_finished(self, report: RunReport, run_row: Mapping[str, Any] | None, *, kind: str,
                      dates: tuple[str, str], error: BaseException | None = None) -> bool:
         """End of a run (success, partial, failed or aborted): one message, sent before returning."""
         if not self.url:
@@ -256,15 +258,14 @@ class Notifier:
                 end = _aware(run_row.get("finished_at")) or datetime.now(UTC)
                 duration = (end - _aware(run_row["started_at"])).total_seconds()  # type: ignore[operator]
             stage2_failed = []
-            stage2 = getattr(report, "stage2", None)
-            if stage2 is not None:
-                stage2_failed = [f"{m}/{d}: {p.error or p.detail}" for (m, d), p in stage2.partitions.items()
-                                 if p.status == "failed"]
-            outcome = "aborted" if error is not None else report.outcome
+            if report.stage2 is not None:
+                stage2_failed = [f"{p.media}/{p.date}: {p.error or p.detail}"
+                                 for p in report.stage2.by_status(PartitionStatus.FAILED)]
+            outcome = RunOutcome.ABORTED if error is not None else report.outcome
             payload = run_message(
                 run_id=report.run_id, kind=kind, outcome=outcome,
                 exit_code=None if error is not None else report.exit_code, dates=dates,
-                media={m: vars(s) for m, s in report.media.items()},
+                counts=report.media,
                 failures=[{**f, "date": str(f.get("date"))} for f in report.failures],
                 stage2_failed=stage2_failed, duration_s=duration,
                 link=run_link(self.settings.ui_base_url, report.run_id),

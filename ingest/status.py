@@ -28,10 +28,9 @@ from ingest.clients import rdb_engine
 from ingest.config import PipelineConfig
 from ingest.errors import ConfigError
 from ingest.job import EXIT_PARTIAL, EXIT_SUCCESS
+from ingest.outcomes import TASK_OPEN, TASK_STATE_ORDER, PartitionStatus, RunCounts, TaskStatus
 from ingest.ledger import Ledger
 
-STATES = ("done", "failed", "retrying", "running", "pending")
-OPEN = ("pending", "running", "retrying")
 
 
 def _iso(v: Any) -> Any:
@@ -44,7 +43,7 @@ def _aware(v: datetime) -> datetime:
 
 def _run_doc(r: dict[str, Any]) -> dict[str, Any]:
     doc = {k: _iso(v) for k, v in r.items() if k != "counts"}
-    doc["counts"] = json.loads(r["counts"] or "{}")
+    doc["counts"] = RunCounts.from_doc(r["counts"]).to_doc()
     doc["seconds"] = round((_aware(r["finished_at"]) - _aware(r["started_at"])).total_seconds(), 1) if r["finished_at"] else None
     return doc
 
@@ -54,7 +53,7 @@ def summarize(ledger: Ledger, *, day: date | None = None, run_id: str | None = N
     cells: dict[tuple[str, date], dict[str, Any]] = {}
     for t in tasks:
         cell = cells.setdefault((t["media"], t["date"]), {
-            "media": t["media"], "date": t["date"].isoformat(), "reports": 0, **{s: 0 for s in STATES},
+            "media": t["media"], "date": t["date"].isoformat(), "reports": 0, **{str(s): 0 for s in TASK_STATE_ORDER},
             "attempts": 0, "max_attempts": 0, "fetch_seconds": 0.0, "rows": 0, "errors": []})
         cell["reports"] += 1
         cell[t["status"]] = cell.get(t["status"], 0) + 1
@@ -62,7 +61,7 @@ def summarize(ledger: Ledger, *, day: date | None = None, run_id: str | None = N
         cell["max_attempts"] = max(cell["max_attempts"], t["attempts"] or 0)
         cell["fetch_seconds"] = round(cell["fetch_seconds"] + (t["duration_s"] or 0.0), 3)
         cell["rows"] += t["rows"] or 0
-        if t["status"] == "failed":
+        if t["status"] == TaskStatus.FAILED:
             cell["errors"].append({"account_id": t["account_id"], "error_kind": t["error_kind"],
                                    "message": t["error_message"], "attempts": t["attempts"]})
     dates = {d for _, d in cells} | ({day} if day and not run_id else set())
@@ -79,7 +78,7 @@ def summarize(ledger: Ledger, *, day: date | None = None, run_id: str | None = N
     locks = [{**{k: _iso(v) for k, v in lk.items()}, "age_s": round((now - _aware(lk["heartbeat_at"])).total_seconds(), 1)}
              for lk in ledger.locks(dates)] if dates else []
     failed = sum(c["failed"] for c in cells.values()) + sum(
-        1 for c in cells.values() if c["stage2"] and c["stage2"]["status"] == "failed")
+        1 for c in cells.values() if c["stage2"] and c["stage2"]["status"] == PartitionStatus.FAILED)
     return {
         "date": day.isoformat() if day and not run_id else None,
         "run": _run_doc(run) if run else None,
@@ -89,7 +88,7 @@ def summarize(ledger: Ledger, *, day: date | None = None, run_id: str | None = N
         "cells": [cells[k] for k in sorted(cells)],
         "totals": {"reports": sum(c["reports"] for c in cells.values()), "done": sum(c["done"] for c in cells.values()),
                    "failed": sum(c["failed"] for c in cells.values()),
-                   "open": sum(c[s] for c in cells.values() for s in OPEN)},
+                   "open": sum(c[s] for c in cells.values() for s in TASK_OPEN)},
         "failed": failed,
     }
 
@@ -132,7 +131,7 @@ def print_status(cfg: PipelineConfig, *, day: date | None, run_id: str | None, a
     print(f"{'media':<12} {'date':<10} {'reports':>7} {'done':>5} {'failed':>6} {'open':>5} {'attempts':>8} "
           f"{'fetch s':>8} {'rows':>6}  stage 2")
     for c in doc["cells"]:
-        open_ = sum(c[s] for s in OPEN)
+        open_ = sum(c[s] for s in TASK_OPEN)
         st = c["stage2"]["status"] if c["stage2"] else "-"
         if c["stage2"] and c["stage2"]["loaded_rows"] is not None:
             st += f" ({c['stage2']['loaded_rows']} rows)"
@@ -143,7 +142,7 @@ def print_status(cfg: PipelineConfig, *, day: date | None, run_id: str | None, a
             if e["error_kind"] and not msg.startswith(f"{e['error_kind']}:"):
                 msg = f"{e['error_kind']}: {msg}"
             print(f"    FAILED {e['account_id']} after {e['attempts']} attempts: {msg[:160]}")
-        if c["stage2"] and c["stage2"]["status"] == "failed":
+        if c["stage2"] and c["stage2"]["status"] == PartitionStatus.FAILED:
             print(f"    STAGE 2 FAILED: {c['stage2']['message']}")
     t = doc["totals"]
     print(f"{'total':<23} {t['reports']:>7} {t['done']:>5} {t['failed']:>6} {t['open']:>5}"

@@ -8,10 +8,6 @@ from typing import Literal
 
 from aggregations.totals import Totals  # one checksum type from the API to the RDB
 
-#: Every state a report task can be in; changed in one place (ingest.ledger.Ledger._apply).
-TaskStatus = Literal["pending", "running", "retrying", "done", "failed"]
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class ReportKey:
     """One report request: an account's ``span`` days from ``day`` (a refetch window is one

@@ -10,16 +10,112 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
 
 from ingest.ledger import report_tasks, runs, stage_steps, task_events
+from ingest.outcomes import TASK_STATE_ORDER, RunCounts, TaskStatus
 
 #: worst first: the colour of a cell is its worst state
-STATE_ORDER = ("failed", "retrying", "running", "pending", "done")
+STATE_ORDER = TASK_STATE_ORDER
 NIGHTLY_KINDS = ("run", "demo")
+
+
+# -- what the pages get: the ledger's rows, typed (the columns of ``ingest.ledger``'s tables) --
+class RunRow(TypedDict):
+    run_id: str
+    kind: str
+    date_from: date
+    date_to: date
+    media: str
+    started_by: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    counts: str
+    #: ``counts`` parsed
+    counts_doc: RunCounts
+
+
+class EventRow(TypedDict):
+    id: int
+    run_id: str
+    media: str
+    account_id: str | None
+    date: date | None
+    kind: str
+    attempt: int | None
+    error_kind: str | None
+    message: str | None
+    at: datetime
+
+
+class StageRow(TypedDict):
+    media: str
+    date: date
+    run_id: str
+    status: str
+    loaded_rows: int | None
+    message: str | None
+    updated_at: datetime
+
+
+class TaskRow(TypedDict):
+    media: str
+    account_id: str
+    date: date
+    run_id: str
+    status: str
+    attempts: int
+    error_kind: str | None
+    error_message: str | None
+    rows: int | None
+    bytes: int | None
+    requests: int | None
+    impressions: int | None
+    clicks: int | None
+    spend: Any  # Decimal | None (SQLite may give float)
+    conversions: Any
+    gcs_paths: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    #: ``gcs_paths`` parsed
+    paths: list[str]
+    #: this run's events of the report (cell page only)
+    events: list[EventRow]
+
+
+class CellError(TypedDict):
+    error_kind: str | None
+    count: int
+    message: str | None
+
+
+class OpenAccount(TypedDict):
+    account_id: str
+    status: str
+    attempts: int
+    error_kind: str | None
+
+
+class NightMedia(TypedDict):
+    duration_s: float
+    failed: int
+    settled: int
+
+
+class Night(TypedDict):
+    """One calendar day of the chart."""
+
+    date: date
+    media: dict[str, NightMedia]
+    outcomes: list[str]
+    missing: bool
+    now_reports: int
+    now_failed: int
 
 
 def read_only_engine(url: str) -> Engine:
@@ -64,7 +160,7 @@ def _as_date(value: Any) -> date:
 def worst(states: dict[str, int]) -> str:
     for s in STATE_ORDER:
         if states.get(s):
-            return s
+            return str(s)
     return "empty"
 
 
@@ -83,9 +179,9 @@ class Cell:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     events: dict[str, int] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    open_accounts: list[dict[str, Any]] = field(default_factory=list)
-    stage: dict[str, Any] | None = None
+    errors: list[CellError] = field(default_factory=list)
+    open_accounts: list[OpenAccount] = field(default_factory=list)
+    stage: StageRow | None = None
 
     @property
     def state(self) -> str:
@@ -98,7 +194,7 @@ class LedgerReader:
 
     # -- runs list ----------------------------------------------------------------------------
     def runs(self, *, page: int = 1, page_size: int = 50, day: date | None = None, media: str | None = None,
-             outcome: str | None = None, kind: str | None = None) -> tuple[list[dict[str, Any]], int]:
+             outcome: str | None = None, kind: str | None = None) -> tuple[list[RunRow], int]:
         r = runs
         where = []
         if day is not None:
@@ -112,13 +208,8 @@ class LedgerReader:
         q = sa.select(r).where(*where).order_by(r.c.started_at.desc(), r.c.run_id.desc())
         q = q.limit(page_size).offset((max(page, 1) - 1) * page_size)
         with self.engine.connect() as conn:
-            rows = [dict(x) for x in conn.execute(q).mappings()]
+            rows = [_run_row(x) for x in conn.execute(q).mappings()]
             total = conn.execute(sa.select(sa.func.count()).select_from(r).where(*where)).scalar_one()
-        for row in rows:
-            try:
-                row["counts_doc"] = json.loads(row["counts"] or "{}")
-            except ValueError:
-                row["counts_doc"] = {}
         return rows, int(total)
 
     def media_names(self) -> list[str]:
@@ -126,20 +217,13 @@ class LedgerReader:
             names = conn.execute(sa.select(runs.c.media).distinct().limit(500)).scalars().all()
         return sorted({m for joined in names for m in (joined or "").split(",") if m})
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
+    def run(self, run_id: str) -> RunRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
-        if row is None:
-            return None
-        out = dict(row)
-        try:
-            out["counts_doc"] = json.loads(out["counts"] or "{}")
-        except ValueError:
-            out["counts_doc"] = {}
-        return out
+        return None if row is None else _run_row(row)
 
     # -- a run's grid: media × date ----------------------------------------------------------
-    def grid(self, run: dict[str, Any], open_per_cell: int = 12) -> dict[tuple[str, date], Cell]:
+    def grid(self, run: RunRow, open_per_cell: int = 12) -> dict[tuple[str, date], Cell]:
         t, e, s = report_tasks, task_events, stage_steps
         media = [m for m in run["media"].split(",") if m]
         d0, d1 = _as_date(run["date_from"]), _as_date(run["date_to"])
@@ -183,21 +267,21 @@ class LedgerReader:
                     setattr(c, k, v if cur is None else (cur if v is None else pick(cur, v)))
             for r in conn.execute(errs).mappings():
                 cell(r["media"], r["date"]).errors.append(
-                    {"error_kind": r["error_kind"], "count": int(r["n"]), "message": r["message"]})
+                    CellError(error_kind=r["error_kind"], count=int(r["n"]), message=r["message"]))
             for r in conn.execute(evs).mappings():
                 if r["date"] is None:
                     continue  # media-level events (a supervisor restart) are shown on the run header
                 c = cell(r["media"], r["date"])
                 c.events[r["kind"]] = c.events.get(r["kind"], 0) + int(r["n"])
             for r in conn.execute(stages).mappings():
-                cell(r["media"], r["date"]).stage = dict(r)
+                cell(r["media"], r["date"]).stage = cast(StageRow, dict(r))
             # the accounts shown when a cell is expanded: what is not done, worst first, a few per cell
-            bad = [(m, d) for (m, d), c in cells.items() if c.reports - c.states.get("done", 0) > 0]
+            bad = [(m, d) for (m, d), c in cells.items() if c.reports - c.states.get(TaskStatus.DONE, 0) > 0]
             for m, d in bad[:400]:
                 q = sa.select(t.c.account_id, t.c.status, t.c.attempts, t.c.error_kind).where(
-                    t.c.media == m, t.c.date == d, t.c.status != "done").order_by(
+                    t.c.media == m, t.c.date == d, t.c.status != TaskStatus.DONE).order_by(
                     _state_rank(t.c.status), t.c.account_id).limit(open_per_cell)
-                cells[(m, d)].open_accounts = [dict(x) for x in conn.execute(q).mappings()]
+                cells[(m, d)].open_accounts = [cast(OpenAccount, dict(x)) for x in conn.execute(q).mappings()]
         for c in cells.values():
             c.errors.sort(key=lambda x: -x["count"])
         return cells
@@ -208,17 +292,17 @@ class LedgerReader:
             rows = conn.execute(sa.select(e.c.kind, sa.func.count()).where(e.c.run_id == run_id).group_by(e.c.kind)).all()
         return {k: int(n) for k, n in rows}
 
-    def media_events(self, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    def media_events(self, run_id: str, limit: int = 50) -> list[EventRow]:
         """Events not tied to one report (supervisor restarts) and breaker changes of a run."""
         e = task_events
         q = sa.select(e).where(e.c.run_id == run_id, e.c.kind.in_(("restart", "breaker_open", "breaker_closed", "escalated"))
                                ).order_by(e.c.id).limit(limit)
         with self.engine.connect() as conn:
-            return [dict(x) for x in conn.execute(q).mappings()]
+            return [cast(EventRow, dict(x)) for x in conn.execute(q).mappings()]
 
     # -- one cell: (media, date) × accounts ------------------------------------------------------
     def cell(self, run_id: str, media: str, day: date, *, page: int = 1, page_size: int = 50,
-             status: str | None = None) -> tuple[list[dict[str, Any]], int, dict[str, Any] | None]:
+             status: str | None = None) -> tuple[list[TaskRow], int, StageRow | None]:
         t, e, s = report_tasks, task_events, stage_steps
         where = [t.c.media == media, t.c.date == day]
         if status:
@@ -226,40 +310,36 @@ class LedgerReader:
         q = sa.select(t).where(*where).order_by(_state_rank(t.c.status), t.c.account_id).limit(page_size).offset(
             (max(page, 1) - 1) * page_size)
         with self.engine.connect() as conn:
-            rows = [dict(x) for x in conn.execute(q).mappings()]
+            rows = [_task_row(x) for x in conn.execute(q).mappings()]
             total = conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar_one()
             stage = conn.execute(sa.select(s).where(s.c.media == media, s.c.date == day)).mappings().first()
             accounts = [r["account_id"] for r in rows]
-            events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            events: dict[str, list[EventRow]] = defaultdict(list)
             if accounts:
                 eq = sa.select(e).where(e.c.run_id == run_id, e.c.media == media, e.c.date == day,
                                         e.c.account_id.in_(accounts)).order_by(e.c.id)
                 for ev in conn.execute(eq).mappings():
-                    events[ev["account_id"]].append(dict(ev))
+                    events[ev["account_id"]].append(cast(EventRow, dict(ev)))
         for r in rows:
             r["events"] = events.get(r["account_id"], [])
-            r["paths"] = _paths(r.get("gcs_paths"))
-        return rows, int(total), dict(stage) if stage else None
+        return rows, int(total), cast(StageRow, dict(stage)) if stage else None
 
-    def task(self, media: str, day: date, account: str, history: int = 100) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    def task(self, media: str, day: date, account: str, history: int = 100) -> tuple[TaskRow | None, list[EventRow]]:
         t, e = report_tasks, task_events
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(t).where(t.c.media == media, t.c.date == day, t.c.account_id == account)).mappings().first()
-            evs = [dict(x) for x in conn.execute(sa.select(e).where(
+            evs = [cast(EventRow, dict(x)) for x in conn.execute(sa.select(e).where(
                 e.c.media == media, e.c.date == day, e.c.account_id == account).order_by(e.c.id.desc()).limit(history)).mappings()]
-        task = dict(row) if row else None
-        if task:
-            task["paths"] = _paths(task.get("gcs_paths"))
-        return task, evs
+        return (_task_row(row) if row else None), evs
 
-    def stage(self, media: str, day: date) -> dict[str, Any] | None:
+    def stage(self, media: str, day: date) -> StageRow | None:
         s = stage_steps
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(s).where(s.c.media == media, s.c.date == day)).mappings().first()
-        return dict(row) if row else None
+        return cast(StageRow, dict(row)) if row else None
 
     # -- the chart: the last 30 nights ---------------------------------------------------------
-    def nights(self, limit: int = 30) -> list[dict[str, Any]]:
+    def nights(self, limit: int = 30) -> list[Night]:
         """The last ``limit`` calendar days up to the newest nightly date, one entry each: per
         media, how long its fetch took (run start → its last report settled, summed over that
         night's runs) and how many reports failed then (from the event history, never
@@ -285,28 +365,28 @@ class LedgerReader:
             ).where(e.c.run_id.in_(list(by_run)), e.c.kind.in_(("done", "failed"))).group_by(e.c.run_id, e.c.media)).mappings().all()
             current = conn.execute(sa.select(
                 t.c.date, sa.func.count().label("reports"),
-                sa.func.sum(sa.case((t.c.status == "failed", 1), else_=0)).label("failed"),
+                sa.func.sum(sa.case((t.c.status == TaskStatus.FAILED, 1), else_=0)).label("failed"),
             ).where(t.c.date.in_(calendar)).group_by(t.c.date)).mappings().all()
         now = {_as_date(c["date"]): (int(c["reports"]), int(c["failed"] or 0)) for c in current}
-        nights: dict[date, dict[str, Any]] = {}
+        nights: dict[date, Night] = {}
         have = {_as_date(d) for d in days}
         for d in calendar:
             reports, failed = now.get(d, (0, 0))
-            nights[d] = {"date": d, "media": defaultdict(lambda: {"duration_s": 0.0, "failed": 0, "settled": 0}),
-                         "outcomes": [], "missing": d not in have, "now_reports": reports, "now_failed": failed}
+            nights[d] = Night(date=d, media={}, outcomes=[], missing=d not in have, now_reports=reports, now_failed=failed)
         for run in by_run.values():
             nights[_as_date(run["date_to"])]["outcomes"].append(run["outcome"])
         for a in agg:
             run = by_run[a["run_id"]]
-            n = nights[_as_date(run["date_to"])]["media"][a["media"]]
+            n = nights[_as_date(run["date_to"])]["media"].setdefault(
+                a["media"], NightMedia(duration_s=0.0, failed=0, settled=0))
             start, last = _aware(run["started_at"]), _aware(a["last"])
             if start and last:
                 n["duration_s"] += max(0.0, (last - start).total_seconds())
             n["failed"] += int(a["failed"] or 0)
             n["settled"] += int(a["settled"] or 0)
-        return [{**v, "media": dict(v["media"])} for _, v in sorted(nights.items())]
+        return [v for _, v in sorted(nights.items())]
 
-    def current_failed(self, rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    def current_failed(self, rows: list[RunRow]) -> dict[str, tuple[int, int]]:
         """Per run of ``rows``: (reports, failed) of its dates and media as the ledger has them
         *now* — what the data looks like after any rerun, beside the run's own outcome."""
         if not rows:
@@ -317,7 +397,7 @@ class LedgerReader:
         with self.engine.connect() as conn:
             cells = conn.execute(sa.select(
                 t.c.date, t.c.media, sa.func.count().label("reports"),
-                sa.func.sum(sa.case((t.c.status == "failed", 1), else_=0)).label("failed"),
+                sa.func.sum(sa.case((t.c.status == TaskStatus.FAILED, 1), else_=0)).label("failed"),
             ).where(t.c.date.between(first, last)).group_by(t.c.date, t.c.media)).mappings().all()
         out = {}
         for r in rows:
@@ -330,6 +410,19 @@ class LedgerReader:
 
 def _state_rank(col: Any) -> Any:
     return sa.case(*((col == s, i) for i, s in enumerate(STATE_ORDER)), else_=len(STATE_ORDER))
+
+
+def _run_row(row: Any) -> RunRow:
+    out = dict(row)
+    out["counts_doc"] = RunCounts.from_doc(out.get("counts"))
+    return cast(RunRow, out)
+
+
+def _task_row(row: Any) -> TaskRow:
+    out = dict(row)
+    out["paths"] = _paths(out.get("gcs_paths"))
+    out.setdefault("events", [])
+    return cast(TaskRow, out)
 
 
 def _paths(raw: str | None) -> list[str]:

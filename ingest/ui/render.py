@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
 from ingest.errors import redact
+from ingest.outcomes import RunCounts
 from ingest.ui.queries import STATE_ORDER, Cell
 
 COLORS = {
@@ -138,16 +139,9 @@ def state_bar(states: dict[str, int]) -> str:
     return f'<div class="bar">{parts}</div>'
 
 
-def counts_summary(counts: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(planned, ok, failed, retries) from a run's counts document."""
-    planned = ok = failed = retries = 0
-    for m in counts.values():
-        if isinstance(m, dict):
-            planned += int(m.get("planned", 0) or 0)
-            ok += int(m.get("done", 0) or 0) + int(m.get("skipped", 0) or 0)
-            failed += int(m.get("failed", 0) or 0)
-            retries += int(m.get("retries", 0) or 0)
-    return planned, ok, failed, retries
+def counts_summary(counts: RunCounts) -> tuple[int, int, int, int]:
+    """(planned, ok, failed, retries) of a run."""
+    return counts.planned, counts.ok, counts.failed, counts.retries
 
 
 def pager(base: str, page_no: int, page_size: int, total: int, **params: Any) -> str:
@@ -180,7 +174,7 @@ def runs_page(rows: list[dict[str, Any]], total: int, *, page_no: int, page_size
             f"<button type=submit>filter</button> <a href='/' class=small>clear</a></form>")
     trs = []
     for r in rows:
-        planned, ok, failed, retries = counts_summary(r.get("counts_doc", {}))
+        planned, ok, failed, retries = counts_summary(r["counts_doc"])
         dates = str(r["date_from"]) if r["date_from"] == r["date_to"] else f"{r['date_from']} → {r['date_to']}"
         trs.append(
             f"<tr class='run {h(r['outcome'])}'><td><a class=run-link href='{h(run_url(r['run_id']))}'>{h(r['run_id'])}</a></td>"
@@ -203,7 +197,7 @@ def run_page(run: dict[str, Any], cells: dict[tuple[str, date], Cell], events: d
              media_events: list[dict[str, Any]], *, cmd_suffix: str) -> str:
     media = [m for m in run["media"].split(",") if m]
     days = sorted({d for _, d in cells} | {run["date_from"], run["date_to"]})
-    planned, ok, failed, retries = counts_summary(run.get("counts_doc", {}))
+    planned, ok, failed, retries = counts_summary(run["counts_doc"])
     ev = ", ".join(f"{h(k)} {n}" for k, n in sorted(events.items())) or "none"
     head = (f"<h1>Run <span class=mono>{h(run['run_id'])}</span> {badge(run['outcome'])}</h1><dl class=kv>"
             f"<dt>kind</dt><dd>{h(run['kind'])}</dd><dt>dates</dt><dd>{h(run['date_from'])} → {h(run['date_to'])}</dd>"

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 
+from ingest.outcomes import RunCounts, RunOutcome
 from ingest.ui.app import COOKIE, create_app
 from ingest.ui.queries import LedgerReader, read_only_engine
 from sandbox.ui_sample import Seeded, seed
@@ -227,11 +228,11 @@ def test_history_shows_current_state_gaps_and_local_times(tmp_path: Path) -> Non
     night = ledger.open_run("run", [d1], ["meta"])
     ledger.plan(night, [ok, bad])
     ledger.apply_many(night, [done(ok), Event("failed", "meta", bad, 3, error_kind="transient", message="HTTP 503")])
-    ledger.close_run(night, "partial", {})
+    ledger.close_run(night, RunOutcome("partial"), RunCounts())
     third = ledger.open_run("run", [d3], ["meta"])
     ledger.plan(third, [ReportKey("meta", "1", d3)])
     ledger.apply(third, done(ReportKey("meta", "1", d3)))
-    ledger.close_run(third, "success", {})
+    ledger.close_run(third, RunOutcome("success"), RunCounts())
 
     (_, before, _, _), = get_pages(app_for(url, timezone="Asia/Tokyo"), ["/"])
     assert "class='night-failed'" in before and "class='night-fixed'" not in before
@@ -241,7 +242,7 @@ def test_history_shows_current_state_gaps_and_local_times(tmp_path: Path) -> Non
     rerun = ledger.open_run("rerun", [d1], ["meta"])
     ledger.plan(rerun, [bad])
     ledger.apply(rerun, done(bad))
-    ledger.close_run(rerun, "success", {})
+    ledger.close_run(rerun, RunOutcome("success"), RunCounts())
     (_, after, _, _), = get_pages(app_for(url, timezone="Asia/Tokyo"), ["/"])
     assert "class='night-fixed'" in after and "class='night-failed'" not in after
     row = after[after.index(f"/runs/{night}"):]

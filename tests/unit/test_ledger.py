@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from ingest.config import load_config
 from ingest.job import RunRequest, plan_keys
 from ingest.ledger import Ledger, LockedError, locks, runs
+from ingest.outcomes import MediaCounts, RunCounts, RunOutcome
 from ingest.status import print_status, summarize
 from ingest.tasks import Event, ReportKey, ReportResult, Totals
 
@@ -122,12 +123,14 @@ def test_status_json_counts_states_attempts_errors_and_stage2(ledger: Ledger, ur
     _record(ledger, first, {ReportKey("meta", "1", D1): "done", ReportKey("meta", "2", D1): "failed",
                             ReportKey("google_ads", "3", D1): "done", ReportKey("google_ads", "4", D1): "running"})
     ledger.record_stage(first, "meta", D1, "published", 4, "reconciled: 4 rows")
-    ledger.close_run(first, "partial", {"meta": {"done": 1, "failed": 1}})
+    ledger.close_run(first, RunOutcome.PARTIAL, RunCounts({"meta": MediaCounts(done=1, failed=1)}))
     doc = summarize(ledger, day=D1)
     json.dumps(doc)  # serializable as is
     assert doc["date"] == "2026-11-19" and doc["run"] is None
     assert [r["run_id"] for r in doc["runs"]] == [first]
-    assert doc["runs"][0]["outcome"] == "partial" and doc["runs"][0]["counts"] == {"meta": {"done": 1, "failed": 1}}
+    assert doc["runs"][0]["outcome"] == "partial"
+    assert doc["runs"][0]["counts"] == {"meta": {**dict.fromkeys(("planned", "skipped", "retries", "restarts", "rows", "requests"), 0),
+                                                 "done": 1, "failed": 1}}
     assert doc["runs"][0]["seconds"] is not None and "pid" in doc["runs"][0]["started_by"]
     assert [(lk["media"], lk["run_id"]) for lk in doc["locks"]] == [("meta", first)] and doc["locks"][0]["age_s"] >= 0
     cells = {c["media"]: c for c in doc["cells"]}

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from ingest.config import NotifySettings, load_config
-from ingest.job import MediaSummary, NightlyJob, RunReport
+from ingest.job import NightlyJob, RunReport
+from ingest.outcomes import MediaCounts, RunCounts, RunOutcome
 from ingest.logging import configure_logging
 from ingest.notify import Notifier, WebhookRejected, run_message
 from sandbox.stack import free_port
@@ -24,10 +25,10 @@ DAY = date(2026, 11, 20)
 
 
 def report(outcome: str = "partial") -> RunReport:
-    r = RunReport("run-20261121T010000-abc123", outcome, 3 if outcome == "partial" else 0, {
-        "meta": MediaSummary(planned=4, done=3, failed=1, retries=5, rows=70, requests=12),
-        "google_ads": MediaSummary(planned=3, done=3, rows=45, requests=3),
-    })
+    r = RunReport("run-20261121T010000-abc123", RunOutcome(outcome), 3 if outcome == "partial" else 0, RunCounts({
+        "meta": MediaCounts(planned=4, done=3, failed=1, retries=5, rows=70, requests=12),
+        "google_ads": MediaCounts(planned=3, done=3, rows=45, requests=3),
+    }))
     if outcome == "partial":
         r.failures = [{"media": "meta", "account_id": "100200300", "date": DAY, "attempts": 6, "error_kind": "throttled",
                        "error_message": "throttled: too many calls GET /x?access_token=EAAB-leak <script> → retries exhausted"}]
@@ -62,7 +63,7 @@ def test_run_message_is_posted_to_the_webhook() -> None:
 
 def test_success_is_notified_too() -> None:
     msg = run_message(run_id="r1", kind="run", outcome="success", exit_code=0, dates=("2026-11-20", "2026-11-20"),
-                      media={"meta": {"planned": 4, "done": 4}}, failures=[], stage2_failed=[], duration_s=42.0, link=None)
+                      counts=RunCounts({"meta": MediaCounts(planned=4, done=4)}), failures=[], stage2_failed=[], duration_s=42.0, link=None)
     assert msg["text"].startswith(":white_check_mark: ingest run 2026-11-20: SUCCESS — 4/4 reports ok, 0 failed")
     assert "Failed reports" not in json.dumps(msg["blocks"])
 
@@ -110,7 +111,7 @@ def test_breaker_open_event_notifies_from_the_driver(tmp_path: Path) -> None:
         key = ReportKey("meta", "100200300", DAY)
         ev = Event("breaker_open", "meta", key, 3, error_kind="throttled", message="throttled: (#80000) too many calls",
                    extra={"cycle": 1})
-        summary = MediaSummary()
+        summary = MediaCounts()
         job._record("run-x", ev, summary, {key}, {})
         job._record("run-x", ev, summary, {key}, {})  # same cycle again: no second message
         job.notifier.wait(5)

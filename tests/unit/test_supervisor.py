@@ -230,14 +230,14 @@ def test_every_retry_decision_is_logged_with_its_reason() -> None:
 ])
 def test_exit_code_tells_success_partial_and_failure_apart(done: int, skipped: int, failed: int, stage_failed: int,
                                                             expected: tuple[str, int]) -> None:
-    from types import SimpleNamespace
+    from aggregations.stage2 import PartitionResult, Stage2Result
+    from ingest.job import NightlyJob, RunReport
+    from ingest.outcomes import MediaCounts, RunCounts, RunOutcome
 
-    from ingest.job import MediaSummary, NightlyJob, RunReport
-
-    report = RunReport("r", "running", 0, {"meta": MediaSummary(planned=done + skipped + failed, done=done, skipped=skipped,
-                                                                 failed=failed)})
+    counts = MediaCounts(planned=done + skipped + failed, done=done, skipped=skipped, failed=failed)
+    report = RunReport("r", RunOutcome.RUNNING, 0, RunCounts({"meta": counts}))
     if stage_failed:
-        report.stage2 = SimpleNamespace(partitions={("meta", DAY): SimpleNamespace(status="failed")})
+        report.stage2 = Stage2Result("r", {("meta", DAY): PartitionResult("meta", DAY)})  # starts failed
     job = NightlyJob.__new__(NightlyJob)  # _outcome needs no database
     assert job._outcome(report) == expected
 
