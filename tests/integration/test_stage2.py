@@ -298,7 +298,7 @@ def pg_env(emulators: Any, make_config: Callable[..., PipelineConfig], pg_url: s
     return Env(make_config(emulators, pg_url))
 
 
-def test_pg_connection_killed_between_copy_and_swap_retries_to_one_copy(pg_env: Env, pg_url: str) -> None:
+def test_pg_connection_killed_after_copy_before_commit_retries_to_one_copy(pg_env: Env, pg_url: str) -> None:
     env = pg_env
     env.upload(D1)
     env.run([(m, D1) for m in ALL_MEDIA])  # previous data
