@@ -123,7 +123,8 @@ def test_restart_intensity_escalates() -> None:
 
 def test_restart_intensity_window() -> None:
     t = [0.0]
-    ri = RestartIntensity(settings().restarts.model_copy(update={"max_restarts": 2, "period_s": 10}), clock=lambda: t[0])
+    ri = RestartIntensity(settings().restarts.model_copy(update={"max_restarts": 2, "period_s": 10}),
+                          clock=lambda: t[0])
     assert ri.allow() and ri.allow() and not ri.allow()
     t[0] = 11
     assert ri.allow()
@@ -234,8 +235,8 @@ def test_exit_code_tells_success_partial_and_failure_apart(done: int, skipped: i
 
     from ingest.job import MediaSummary, NightlyJob, RunReport
 
-    report = RunReport("r", "running", 0, {"meta": MediaSummary(planned=done + skipped + failed, done=done, skipped=skipped,
-                                                                 failed=failed)})
+    report = RunReport("r", "running", 0, {"meta": MediaSummary(planned=done + skipped + failed, done=done,
+                                                                 skipped=skipped, failed=failed)})
     if stage_failed:
         report.stage2 = SimpleNamespace(partitions={("meta", DAY): SimpleNamespace(status="failed")})
     job = NightlyJob.__new__(NightlyJob)  # _outcome needs no database
