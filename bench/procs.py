@@ -50,9 +50,9 @@ def worker_processes() -> list[int]:
     return [pid for pid, cmd in ray_processes().items() if is_worker(cmd)]
 
 
-GROUPS = (("supervisors", "ray::SupervisorActor"), ("fetchers", "ray::FetcherActor"), ("simulators", "sandbox.simulators"),
-          ("fake-gcs-server", "fake-gcs-server"), ("bqemulator", "bq_emulator"), ("ray system", "raylet"),
-          ("ray system", "gcs_server"), ("ray system", "ray::"))
+GROUPS = (("supervisors", "ray::SupervisorActor"), ("fetchers", "ray::FetcherActor"),
+          ("simulators", "sandbox.simulators"), ("fake-gcs-server", "fake-gcs-server"), ("bqemulator", "bq_emulator"),
+          ("ray system", "raylet"), ("ray system", "gcs_server"), ("ray system", "ray::"))
 
 
 def _cpu_s(pid: int) -> float:

@@ -52,7 +52,8 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
             "page_size": 2}))
     # issue 15: the refetch window (Meta 28, Google 30, Yahoo 30 days) against the same night without it
     out.append(("late data", {
-        "kind": "late", "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS, "last_date": "2026-11-20",
+        "kind": "late", "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS,
+        "last_date": "2026-11-20",
         "lookback": {"meta": 28, "google_ads": 30, "yahoo_ads": 30},
         "meta_mode": "async", "page_size": 500,  # as config/pipeline.yaml: async insights, 500 rows a page
         "media": {m: {"accounts": max(4, int(50 * k)), "quota_rps": 12 if m != "yahoo_ads" else 36} for m in MEDIA},
@@ -115,19 +116,23 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     nightly = results.get("nightly", {})
     if "stage2" in nightly:
         s2 = nightly["stage2"]
-        lines.append(f"\nstage 2 (nightly, bqemulator): {s2['bq_load_jobs']} load jobs + {s2['bq_query_jobs']} query jobs; "
+        lines.append(f"\nstage 2 (nightly, bqemulator): {s2['bq_load_jobs']} load jobs + "
+                     f"{s2['bq_query_jobs']} query jobs; "
                      f"load {s2['load_s_per_date']:.2f}s/date, aggregate {s2['aggregate_s_per_date']:.2f}s/date, "
                      f"total {s2['seconds']:.1f}s")
     for name in ("faults 10%", "faults 20%"):
         r = results.get(name, {})
         if "media" in r:
-            per = ", ".join(f"{m} {v['requests_per_report'] / v['minimum_per_report']:.2f}" for m, v in r["media"].items())
-            lines.append(f"{name}: lost {r.get('failed_reports')} of {r['reports']} (goal 0); requests over the minimum "
+            per = ", ".join(f"{m} {v['requests_per_report'] / v['minimum_per_report']:.2f}"
+                            for m, v in r["media"].items())
+            lines.append(f"{name}: lost {r.get('failed_reports')} of {r['reports']} (goal 0); "
+                         "requests over the minimum "
                          f"per media (goal ≤ 1.15): {per}; wall/bound {r['wall_over_bound']:.2f} (goal ≤ 1.20); "
                          f"violations {r['violations']} (goal 0)")
     late = results.get("late data", {})
     if "requests_per_account" in late:
-        per = ", ".join(f"{m} {v['with_lookback']:.2f} vs {v['no_lookback']:.2f} ({v['ratio']:.2f}×, {v['lookback_days']} days)"
+        per = ", ".join(f"{m} {v['with_lookback']:.2f} vs {v['no_lookback']:.2f} "
+                        f"({v['ratio']:.2f}×, {v['lookback_days']} days)"
                         for m, v in late["requests_per_account"].items())
         first, again = late["first_night"], late["restated_night"]
         lines.append(f"late data ({late['accounts']} accounts): requests per account per night with the refetch window "
@@ -144,7 +149,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     pub = results.get("publish", {})
     if "rows" in pub:
         ratio = pub["publish_rows_per_s"] / pub["copy_rows_per_s"]
-        lines.append(f"RDB publish (PostgreSQL, {pub['rows']:,} rows): {pub['publish_rows_per_s']:,.0f} rows/s vs raw COPY "
+        lines.append(f"RDB publish (PostgreSQL, {pub['rows']:,} rows): "
+                     f"{pub['publish_rows_per_s']:,.0f} rows/s vs raw COPY "
                      f"{pub['copy_rows_per_s']:,.0f} rows/s → {ratio:.2f} of COPY (goal ≥ 0.8)")
     return "\n".join(lines)
 

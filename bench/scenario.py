@@ -91,7 +91,8 @@ def minimum_requests(cfg: Any) -> dict[str, int]:
     from ingest.media.base import Secret
     from ingest.supervision.fetcher import build_connector
 
-    return {m: build_connector(m, s, {k: Secret("x") for k in s.credentials}).minimum_requests() for m, s in cfg.media.items()}
+    return {m: build_connector(m, s, {k: Secret("x") for k in s.credentials}).minimum_requests()
+            for m, s in cfg.media.items()}
 
 
 def meta_async_minimum(spec: dict[str, Any], cfg: Any) -> float:
@@ -107,7 +108,8 @@ def meta_async_minimum(spec: dict[str, Any], cfg: Any) -> float:
     return sum(counts) / len(counts)
 
 
-def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int,
+            stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Wall vs the quota bound, requests per report vs the flow's minimum, violations."""
     mins: dict[str, float] = dict(minimum_requests(cfg))
     if spec.get("meta_mode") == "async" and "meta" in mins:
@@ -120,8 +122,10 @@ def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int, stats: di
         rejected = st["violations"] + st.get("auth_failures", 0) + st.get("down_rejections", 0)
         unavoidable = (st["requests"] - rejected - faults) + faults  # successful + one per injected fault
         n = spec["media"][media]["accounts"] * spec["days"]
-        per_media[media] = {"reports": n, "requests": st["requests"], "requests_per_report": round(st["requests"] / n, 3),
-                            "minimum_per_report": mins[media], "faults_injected": faults, "violations": st["violations"],
+        per_media[media] = {"reports": n, "requests": st["requests"],
+                            "requests_per_report": round(st["requests"] / n, 3),
+                            "minimum_per_report": mins[media], "faults_injected": faults,
+                            "violations": st["violations"],
                             "bound_s": round(unavoidable / quota, 2)}
         bound = max(bound, unavoidable / quota)
     requests = sum(s["requests"] for s in stats.values())
@@ -146,7 +150,8 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     dates = dates_of(spec)
     job = NightlyJob(cfg)
     with Sampler() as sampler:
-        report = job.execute(RunRequest("backfill", dates, cfg.media_names(), force=True, stage2=spec.get("stage2", True)))
+        report = job.execute(RunRequest("backfill", dates, cfg.media_names(), force=True,
+                                        stage2=spec.get("stage2", True)))
     stats = sim_stats(spec)
     reports = sum(m.planned for m in report.media.values())
     # wall = the fetch phase without starting the local Ray itself (a nightly cluster is already up)
@@ -156,7 +161,8 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     finished: dict[str, float] = {}
     for t in job.ledger.task_rows(dates=dates):
         if t["finished_at"] is not None and run.get("started_at") is not None:
-            finished[t["media"]] = max(finished.get(t["media"], 0.0), (t["finished_at"] - run["started_at"]).total_seconds())
+            finished[t["media"]] = max(finished.get(t["media"], 0.0),
+                                       (t["finished_at"] - run["started_at"]).total_seconds())
     for media, secs in finished.items():  # when each media's last report landed, from the run's start
         out_media = out["media"].get(media)
         if out_media is not None:
@@ -164,10 +170,12 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     failed = sum(m.failed for m in report.media.values())
     out.update({
         "outcome": report.outcome, "failed_reports": failed,
-        "first_failures": [f"{f['media']}/{f['account_id']}/{f['date']}: {f['error_message']}" for f in report.failures[:3]],
+        "first_failures": [f"{f['media']}/{f['account_id']}/{f['date']}: {f['error_message']}"
+                           for f in report.failures[:3]],
         "retries": sum(m.retries for m in report.media.values()),
         "ray_worker_processes": sampler.peak.ray_workers, "actors": sampler.peak.actors,
-        "driver_peak_rss_mb": round(sampler.peak.driver_rss_mb, 1), "total_peak_rss_mb": round(sampler.peak.total_rss_mb, 1),
+        "driver_peak_rss_mb": round(sampler.peak.driver_rss_mb, 1),
+        "total_peak_rss_mb": round(sampler.peak.total_rss_mb, 1),
         "cpu_s_by_process": sampler.cpu_by_group(),
     })
     if report.stage2 is not None:
@@ -215,8 +223,10 @@ async def _naive(spec: dict[str, Any], cfg: Any, attempts: int, sleep_s: float, 
                     await asyncio.sleep(sleep_s)
             failed += 1
 
-    async with httpx.AsyncClient(timeout=cfg.media["meta"].timeout_s, limits=httpx.Limits(max_connections=parallel)) as client:
-        await asyncio.gather(*(one(client, m, a, d) for m, s in cfg.media.items() for a in s.account_ids() for d in dates_of(spec)))
+    async with httpx.AsyncClient(timeout=cfg.media["meta"].timeout_s,
+                                 limits=httpx.Limits(max_connections=parallel)) as client:
+        await asyncio.gather(*(one(client, m, a, d)
+                               for m, s in cfg.media.items() for a in s.account_ids() for d in dates_of(spec)))
     return ok, failed
 
 
@@ -244,9 +254,11 @@ def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     first, first_req, first_s = night(last, lookback=True)  # first night with the window: every day is new
     changed = [last - timedelta(days=d) for d in (2, 5, 9)]  # the platforms restate three days
     for media in spec["media"]:
-        sim_call(spec["stack"]["sims"][media], "/_sim/config", {"late_conversions": {d.isoformat(): 3 for d in changed}})
+        sim_call(spec["stack"]["sims"][media], "/_sim/config",
+                 {"late_conversions": {d.isoformat(): 3 for d in changed}})
     second, second_req, second_s = night(last + timedelta(days=1), lookback=True)
-    per_account = {m: {"no_lookback": round(base_req[m] / accounts[m], 2), "with_lookback": round(second_req[m] / accounts[m], 2),
+    per_account = {m: {"no_lookback": round(base_req[m] / accounts[m], 2),
+                       "with_lookback": round(second_req[m] / accounts[m], 2),
                        "ratio": round(second_req[m] / base_req[m], 2), "lookback_days": spec["lookback"][m]}
                    for m in spec["media"]}
 
@@ -294,7 +306,8 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     kind = spec["kind"]
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
-        result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish, "late": run_late}[kind](spec, Path(tmp))
+        result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish,
+                  "late": run_late}[kind](spec, Path(tmp))
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", parents=[common], help="start the local stack (a no-op when it is already healthy)")
     sub.add_parser("down", parents=[common], help="stop the local stack (its data stays under the sandbox root)")
     sub.add_parser("status", parents=[common], help="health of each service; exit 4 if any is down")
-    demo = sub.add_parser("demo", parents=[common], help="start the local stack and run the whole pipeline for one date (make demo)")
+    demo = sub.add_parser("demo", parents=[common],
+                          help="start the local stack and run the whole pipeline for one date (make demo)")
     demo.add_argument("--date", type=parse_date, help="report date (default: yesterday)")
     return p
 

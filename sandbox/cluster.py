@@ -131,7 +131,8 @@ def autoscaling_config(gcs_address: str, idle_timeout_minutes: float = 0.5, head
 def ensure_auth_token(bin_dir: Path) -> None:
     """Ray 2.60 token auth: the token lives in ~/.ray/auth_token (made once per machine)."""
     if not (Path.home() / ".ray" / "auth_token").exists():
-        subprocess.run([str(bin_dir / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
+        subprocess.run([str(bin_dir / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True,
+                       timeout=60)
 
 
 @dataclass

@@ -32,7 +32,8 @@ FIELDS = {
     "metrics.conversions": ("metrics", "conversions"),
     "segments.date": ("segments", "date"),
 }
-_SELECT = re.compile(r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)\s*(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
+_SELECT = re.compile(r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)\s*(?P<rest>.*)$",
+                     re.IGNORECASE | re.DOTALL)
 _CUSTOMER_TZ = re.compile(r"^\s*SELECT\s+customer\.time_zone\s+FROM\s+customer\s*$", re.IGNORECASE)
 #: major versions that answer; any other gets 400 INVALID_ARGUMENT with
 #: requestError UNSUPPORTED_VERSION (tests/fixtures/official/google_ads/error_unsupported_version.json)
@@ -77,8 +78,8 @@ class GoogleAdsSimulator(Simulator):
         return _status(
             401,
             "UNAUTHENTICATED",
-            "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other "
-            "valid authentication credential.",
+            "Request is missing required authentication credential. Expected OAuth 2 access token, "
+            "login cookie or other valid authentication credential.",
             [{"errorCode": {"authenticationError": code}, "message": "Oauth token is invalid."}],
             self._version(request),
         )
@@ -103,7 +104,8 @@ class GoogleAdsSimulator(Simulator):
             "Resource has been exhausted (e.g. check quota).",
             [
                 {
-                    "errorCode": {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED" if scope == "account" else "RESOURCE_EXHAUSTED"},
+                    "errorCode": {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED" if scope == "account"
+                                  else "RESOURCE_EXHAUSTED"},
                     "message": f"Too many requests. Retry in {delay} seconds.",
                     "details": {"quotaErrorDetails": {"rateScope": rate_scope, "rateName": rate_name,
                                                       "retryDelay": _duration(delay)}},
@@ -207,7 +209,8 @@ class GoogleAdsSimulator(Simulator):
                 "metrics.impressions": str(t["impressions"]) if t["impressions"] else None,
                 "metrics.clicks": str(t["clicks"]) if t["clicks"] else None,
                 "metrics.cost_micros": str(cost_micros) if cost_micros else None,
-                "metrics.conversions": (int(conv) if conv == conv.to_integral_value() else float(conv)) if conv else None,
+                "metrics.conversions": ((int(conv) if conv == conv.to_integral_value() else float(conv))
+                                        if conv else None),
                 "segments.date": day.isoformat(),
             }
             row: dict[str, Any] = {}

@@ -129,7 +129,8 @@ class MetaSimulator(Simulator):
     def server_error(self, request: web.Request, down: bool = False) -> web.Response:
         if down:
             return _error(2, "Service temporarily unavailable", status=503, transient=True)
-        return _error(2, "An unexpected error has occurred. Please retry your request later.", status=500, transient=True)
+        return _error(2, "An unexpected error has occurred. Please retry your request later.", status=500,
+                      transient=True)
 
     def usage_headers(self, account: str) -> dict[str, str]:
         acc = round(100 * self.utilization(f"acct:{account}", self.config.account_rps))
@@ -161,7 +162,8 @@ class MetaSimulator(Simulator):
     # -- request parsing ----------------------------------------------------------------------
     def _account(self, node: str) -> str:
         if not node.startswith("act_") or not node[4:]:
-            raise SimulatedError(_error(100, f"(#100) Unsupported get request. Object with ID '{node}' does not exist", subcode=33))
+            raise SimulatedError(_error(100, f"(#100) Unsupported get request. Object with ID '{node}' does not exist",
+                                        subcode=33))
         return node[4:]
 
     @staticmethod
@@ -179,7 +181,8 @@ class MetaSimulator(Simulator):
             tr = json.loads(src["time_range"])
             since, until = date.fromisoformat(tr["since"]), date.fromisoformat(tr["until"])
         except (KeyError, ValueError, TypeError):
-            raise SimulatedError(_error(100, "(#100) param time_range must be a JSON object with since and until")) from None
+            raise SimulatedError(
+                _error(100, "(#100) param time_range must be a JSON object with since and until")) from None
         if until < since or (until - since).days > 92:
             raise SimulatedError(_error(100, "(#100) time_range is invalid"))
         if src.get("time_increment", "1") != "1":

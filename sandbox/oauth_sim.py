@@ -49,7 +49,8 @@ class TokenIssuer:
             params.update(dict(await request.post()))
         if params.get("grant_type") != "refresh_token":
             return _error(400, "unsupported_grant_type", "grant_type must be refresh_token")
-        if not params.get("client_id") or not params.get("client_secret") or params["client_secret"] == WRONG_CLIENT_SECRET:
+        if (not params.get("client_id") or not params.get("client_secret")
+                or params["client_secret"] == WRONG_CLIENT_SECRET):
             self.stats["refresh_refused"] += 1
             return _error(401, "invalid_client", "The OAuth client was not found.")
         if not params.get("refresh_token") or params["refresh_token"] == REVOKED_REFRESH_TOKEN:

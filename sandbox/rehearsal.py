@@ -57,7 +57,8 @@ def readme_submit_line(readme: Path = README) -> str:
     lines = re.sub(r"\\\n\s*", "", section).splitlines()
     found = [ln.strip() for ln in lines if ln.strip().startswith("ray job submit ")]
     if len(found) != 1:
-        raise ValueError(f"{readme}: expected exactly one `ray job submit` line in 'Running in production', found {len(found)}")
+        raise ValueError(f"{readme}: expected exactly one `ray job submit` line in 'Running in production', "
+                         f"found {len(found)}")
     if ADDRESS_PLACEHOLDER not in found[0]:
         raise ValueError(f"{readme}: the submit line has no {ADDRESS_PLACEHOLDER} placeholder")
     return found[0]
@@ -179,7 +180,8 @@ def _fetchers_on_workers(dashboard: str, workers: set[str]) -> dict[str, list[st
 
     out: dict[str, list[str]] = {}
     try:
-        actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+        actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=1000,
+                             raise_on_missing_output=False)
     except Exception:  # noqa: BLE001 - the dashboard may be busy; ask again next tick
         return out
     for actor in actors:
@@ -211,8 +213,9 @@ def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: floa
     result = Result()
     timeline = Timeline()
     root = Path(tempfile.mkdtemp(prefix="rehearsal-"))
-    stack = LocalStack(StackSpec(root=root / "stack", project="ad-agency-prod", gcs_port=free_port(), bq_port=free_port(),
-                                 bq_grpc_port=free_port(), sim_ports={m: free_port() for m in MEDIA}, seed=7,
+    stack = LocalStack(StackSpec(root=root / "stack", project="ad-agency-prod", gcs_port=free_port(),
+                                 bq_port=free_port(), bq_grpc_port=free_port(),
+                                 sim_ports={m: free_port() for m in MEDIA}, seed=7,
                                  fault_rate=fault_rate, latency_ms=latency_ms))
     database_url = f"sqlite:///{root / 'mart.db'}"
     env = {**SANDBOX_CREDENTIALS, **os.environ}
@@ -232,7 +235,8 @@ def rehearse(extra_accounts: int = 10, latency_ms: float = 100, fault_rate: floa
         day = cfg.yesterday()
         submitted_at = time.time()
         job = submit_readme_line(workdir, cluster.dashboard_url, cluster.client_env(), root / "job.log")
-        timeline.add(f"submitted the README's line for {day} ({sum(len(m.accounts) for m in cfg.media.values())} reports)")
+        timeline.add(f"submitted the README's line for {day} "
+                     f"({sum(len(m.accounts) for m in cfg.media.values())} reports)")
         watch = NodeWatch(timeline)
         killed = 0
         deadline = time.monotonic() + job_timeout_s
@@ -346,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  PROBLEM: {problem}")
     if result.first_worker_s is not None:
         print(f"  first worker node {result.first_worker_s:.0f}s after submit; "
-              f"scale-down {result.scale_down_s if result.scale_down_s is not None else float('nan'):.0f}s after the job")
+              f"scale-down {result.scale_down_s if result.scale_down_s is not None else float('nan'):.0f}s "
+              "after the job")
     print(result.line())
     return 0 if result.ok else 1
 

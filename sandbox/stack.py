@@ -198,7 +198,8 @@ class LocalStack:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
         env = {**os.environ, **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.spec.root)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=self.spec.root)
         return proc.pid
 
     def down(self) -> None:

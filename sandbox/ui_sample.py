@@ -23,7 +23,8 @@ from ingest.ledger import Ledger, report_tasks, runs, stage_steps, task_events
 MEDIA = ("meta", "google_ads", "yahoo_ads")
 ERRORS = {
     "meta": ("throttled", "throttled: (#80000) There have been too many calls from this ad-account. "
-                          "GET /v21.0/act_{acct}/insights?access_token=EAAB-not-a-real-token&level=campaign (HTTP 400) code=80000"),
+                          "GET /v21.0/act_{acct}/insights?access_token=EAAB-not-a-real-token&level=campaign "
+                          "(HTTP 400) code=80000"),
     "google_ads": ("auth", "auth: Request had invalid authentication credentials (Authorization: Bearer ya29.not-real) "
                            "(HTTP 401) code=UNAUTHENTICATED"),
     "yahoo_ads": ("data", "data: report CSV truncated after 212 of 400 rows"),
@@ -60,7 +61,8 @@ def seed(engine: Engine, *, nights: int = 3, accounts: int = 4, media: tuple[str
         counts: dict[str, dict[str, int]] = {}
         worst = "success"
         for mi, m in enumerate(media):
-            c = {"planned": 0, "skipped": 0, "done": 0, "failed": 0, "retries": 0, "restarts": 0, "rows": 0, "requests": 0}
+            c = {"planned": 0, "skipped": 0, "done": 0, "failed": 0, "retries": 0, "restarts": 0, "rows": 0,
+                 "requests": 0}
             speed = 0.4 + 0.3 * mi + rng.random() * 0.2
             bad_night = (n % 9 == 4 and m == media[0]) or (n == len(days) - 1 and m == media[-1])
             for j, acct in enumerate(acct_ids[m]):
@@ -81,7 +83,8 @@ def seed(engine: Engine, *, nights: int = 3, accounts: int = 4, media: tuple[str
                        "started_at": t0, "finished_at": fin, "requests": attempts + 1}
                 if failed:
                     kind, msg = ERRORS[m]
-                    row.update(status="failed", error_kind=kind, error_message=msg.format(acct=acct) + " → retries exhausted",
+                    row.update(status="failed", error_kind=kind,
+                               error_message=msg.format(acct=acct) + " → retries exhausted",
                                duration_s=None, rows=None, bytes=None, gcs_paths=None, impressions=None, clicks=None,
                                spend=None, conversions=None)
                     c["failed"] += 1
@@ -103,8 +106,9 @@ def seed(engine: Engine, *, nights: int = 3, accounts: int = 4, media: tuple[str
                 c["requests"] += attempts + 1
                 tasks.append(row)
             if bad_night and n % 9 == 4:
-                events.append({"run_id": run_id, "media": m, "account_id": acct_ids[m][0], "date": day, "kind": "breaker_open",
-                               "attempt": 2, "error_kind": "throttled", "message": "throttled: too many calls (cycle 1)",
+                events.append({"run_id": run_id, "media": m, "account_id": acct_ids[m][0], "date": day,
+                               "kind": "breaker_open", "attempt": 2, "error_kind": "throttled",
+                               "message": "throttled: too many calls (cycle 1)",
                                "at": start + timedelta(seconds=30)})
             counts[m] = c
             ok = c["failed"] == 0

@@ -93,7 +93,8 @@ class YahooAdsSimulator(Simulator):
 
         async def handle(ctx: Ctx) -> web.Response:
             if not isinstance(body, dict) or not account.isdigit():
-                raise SimulatedError(_envelope([_err("0001", "Invalid Request.", [{"requestKey": "accountId"}])], status=400))
+                raise SimulatedError(
+                    _envelope([_err("0001", "Invalid Request.", [{"requestKey": "accountId"}])], status=400))
             if not request.headers.get("x-z-base-account-id", "").isdigit():
                 raise SimulatedError(
                     _envelope([_err("R0001", "Require.", [{"requestKey": "x-z-base-account-id"}])], status=400)
@@ -158,7 +159,8 @@ class YahooAdsSimulator(Simulator):
         if op.get("reportType") not in (None, "CAMPAIGN"):
             errors.append(_err("V0001", "Invalid value.", [{"requestKey": "reportType"}]))
         if errors:
-            return _envelope(None, {"values": [{"errors": errors, "operationSucceeded": False, "reportDefinition": None}]})
+            return _envelope(None, {"values": [{"errors": errors, "operationSucceeded": False,
+                                                "reportDefinition": None}]})
         job_id = self.next_job_id(2_568_000_000)
         polls = self.config.job_polls * (4 if account == SLOW_ACCOUNT else 1)
         self.jobs[job_id] = {
@@ -200,9 +202,11 @@ class YahooAdsSimulator(Simulator):
         job_id = str(body.get("reportJobId", ""))
         job = self.jobs.get(job_id)
         if job is None or job["account"] != account:
-            raise SimulatedError(_envelope([_err("V0001", "Invalid value.", [{"requestKey": "reportJobId"}])], status=400))
+            raise SimulatedError(
+                _envelope([_err("V0001", "Invalid value.", [{"requestKey": "reportJobId"}])], status=400))
         if job["status"] != "COMPLETED":
-            raise SimulatedError(_envelope([_err("S0001", "Invalid Status.", [{"requestKey": "reportJobId"}])], status=400))
+            raise SimulatedError(
+                _envelope([_err("S0001", "Invalid Status.", [{"requestKey": "reportJobId"}])], status=400))
         op = job["operand"]
         fields = op["fields"]
         start = datetime.strptime(op["dateRange"]["startDate"], "%Y%m%d").date()

@@ -126,7 +126,8 @@ class Chaos(threading.Thread):
     saying whether to kill now (called every ``every_s`` ± jitter); ``max_kills`` caps the kills.
     """
 
-    def __init__(self, target: str | None, when: Callable[[], bool], every_s: float, max_kills: int, seed: int = 4) -> None:
+    def __init__(self, target: str | None, when: Callable[[], bool], every_s: float, max_kills: int,
+                 seed: int = 4) -> None:
         super().__init__(daemon=True, name="chaos")
         self.target, self.when, self.every_s, self.max_kills = target, when, every_s, max_kills
         self.rng = random.Random(seed)
@@ -182,11 +183,12 @@ def assert_gcs_exactly_once(cfg: PipelineConfig, media: tuple[str, ...], day: da
         got = list(csv.DictReader(io.StringIO(blobs[name].download_as_bytes().decode("utf-8"))))
         want = truth_rows(m, account, day, seed)
         assert len(got) == len(want), name
-        assert {r["date"] for r in got} <= {day.isoformat()} and {(r["media"], r["account_id"]) for r in got} <= {(m, account)}
-        norm = sorted((r["campaign_id"], r["campaign_name"], int(r["impressions"]), int(r["clicks"]), Decimal(r["spend"]),
-                       Decimal(r["conversions"]), r["currency"]) for r in got)
-        truth = sorted((r["campaign_id"], r["campaign_name"], r["impressions"], r["clicks"], r["spend"], r["conversions"],
-                        r["currency"]) for r in want)
+        assert ({r["date"] for r in got} <= {day.isoformat()}
+                and {(r["media"], r["account_id"]) for r in got} <= {(m, account)})
+        norm = sorted((r["campaign_id"], r["campaign_name"], int(r["impressions"]), int(r["clicks"]),
+                       Decimal(r["spend"]), Decimal(r["conversions"]), r["currency"]) for r in got)
+        truth = sorted((r["campaign_id"], r["campaign_name"], r["impressions"], r["clicks"], r["spend"],
+                        r["conversions"], r["currency"]) for r in want)
         assert norm == truth, name
 
 
@@ -215,20 +217,23 @@ def chaos_media(media: str, n_accounts: int) -> dict[str, Any]:
         "retry": {"max_attempts": 40, "backoff_min_s": 0.05, "backoff_max_s": 0.5, "max_hint_s": 5},
         "breaker": {"failure_threshold": 12, "open_s": 0.5, "max_open_cycles": 20},
         "restarts": {"max_restarts": 30, "period_s": 60, "backoff_min_s": 0.1, "backoff_max_s": 1.0},
-        "quota": {"requests_per_second": 20, "burst": 5, "max_concurrent_jobs": 4, "poll_min_s": 0.05, "poll_max_s": 0.5},
+        "quota": {"requests_per_second": 20, "burst": 5, "max_concurrent_jobs": 4, "poll_min_s": 0.05,
+                  "poll_max_s": 0.5},
     }
 
 
-def print_measurements(title: str, report: RunReport, stats: dict[str, dict[str, Any]], counts: Counter[tuple[str, str]],
-                       chaos: Chaos, wall_s: float) -> None:
+def print_measurements(title: str, report: RunReport, stats: dict[str, dict[str, Any]],
+                       counts: Counter[tuple[str, str]], chaos: Chaos, wall_s: float) -> None:
     reports = sum(m.done + m.failed for m in report.media.values())
     requests = sum(s["requests"] for s in stats.values())
-    print(f"\n== {title}: {reports} reports in {wall_s:.1f}s (fetch {report.fetch_s:.1f}s, stage 2 {report.stage2_s:.1f}s)")
+    print(f"\n== {title}: {reports} reports in {wall_s:.1f}s "
+          f"(fetch {report.fetch_s:.1f}s, stage 2 {report.stage2_s:.1f}s)")
     for m, s in stats.items():
         done = report.media[m].done
         print(f"  {m:10} reports={done:3} requests={s['requests']:4} ({s['requests'] / max(done, 1):.2f}/report) "
               f"faults={s['faults_total']:3} {s['faults']} violations={s['violations']} "
-              f"retries={counts[(m, 'retry')]} restarts={counts[(m, 'restart')]} breaker_open={counts[(m, 'breaker_open')]}")
+              f"retries={counts[(m, 'retry')]} restarts={counts[(m, 'restart')]} "
+              f"breaker_open={counts[(m, 'breaker_open')]}")
     throttles = sum(s["faults"].get("throttle", 0) + s["violations"] for s in stats.values())
     print(f"  total: requests={requests} ({requests / max(reports, 1):.2f}/report), throttle responses={throttles}, "
           f"faults={sum(s['faults_total'] for s in stats.values())}, kills={len(chaos.kills)}, "
@@ -239,8 +244,8 @@ def print_measurements(title: str, report: RunReport, stats: dict[str, dict[str,
 
 # -- the tests ---------------------------------------------------------------------------------
 @pytest.mark.stack
-def test_chaos_every_report_exactly_once(stack: Any, sims: Callable[..., None], make_config: Callable[..., PipelineConfig],
-                                          sqlite_url: str) -> None:
+def test_chaos_every_report_exactly_once(stack: Any, sims: Callable[..., None],
+                                          make_config: Callable[..., PipelineConfig], sqlite_url: str) -> None:
     per_media = 70  # 3 × 70 = 210 reports
     cfg = make_config(stack, sqlite_url, media={
         "meta": {**chaos_media("meta", per_media), "options": {"mode": "sync", "page_limit": 3}},  # paging: 1-3 pages
@@ -293,7 +298,8 @@ def test_chaos_every_report_exactly_once(stack: Any, sims: Callable[..., None], 
 
 @pytest.mark.stack
 def test_dead_supervisor_is_recreated_and_continues(stack: Any, sims: Callable[..., None],
-                                                    make_config: Callable[..., PipelineConfig], sqlite_url: str) -> None:
+                                                    make_config: Callable[..., PipelineConfig],
+                                                    sqlite_url: str) -> None:
     n = 30
     cfg = make_config(stack, sqlite_url, media={
         "meta": {"accounts": accounts("meta", n), "options": {"mode": "sync", "page_limit": 3},
@@ -346,7 +352,8 @@ def test_media_down_for_the_whole_run_is_partial(stack: Any, sims: Callable[...,
     finally:
         chaos.stop.set()
         chaos.join()
-    assert report.outcome == "partial" and report.exit_code == EXIT_PARTIAL, [f["error_message"] for f in report.failures]
+    assert report.outcome == "partial" and report.exit_code == EXIT_PARTIAL, \
+        [f["error_message"] for f in report.failures]
     assert (report.media["meta"].done, report.media["google_ads"].done) == (4, 4)
     assert report.media["yahoo_ads"].failed == 4
     failures = [f for f in report.failures if f["media"] == "yahoo_ads"]

@@ -39,8 +39,8 @@ def test_make_cluster_rehearsal_passes() -> None:
     print(stdout)  # the timeline, in pytest's report when this fails
     assert proc.returncode == 0, out[-6000:]
     last = stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"rehearsal: workers added (\d+), removed \1, nodes killed 1, reports lost 0, totals equal truth",
-                        last), last
+    assert re.fullmatch(r"rehearsal: workers added (\d+), removed \1, nodes killed 1, "
+                        r"reports lost 0, totals equal truth", last), last
     assert int(re.search(r"added (\d+)", last).group(1)) >= 2  # type: ignore[union-attr]
     assert "killed worker node" in out and "reports re-queued after the node loss" in out
 
@@ -61,7 +61,8 @@ def test_rehearsal_node_types_follow_ray_cluster_yaml(tmp_path) -> None:  # type
     drifted = dict(prod)
     drifted["available_node_types"] = {**prod["available_node_types"],
                                        "cpu_worker": {**prod_workers["cpu_worker"],
-                                                      "resources": {**prod_workers["cpu_worker"]["resources"], "gpu_slot": 2}}}
+                                                      "resources": {**prod_workers["cpu_worker"]["resources"],
+                                                                    "gpu_slot": 2}}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(drifted))
     assert "gpu_slot" in scaled_worker_types(path)["cpu_worker"]["resources"]

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def readme_freshness_line() -> list[str]:
     """The crontab line's command, from ``python -m ingest`` on (the venv path is the host's)."""
-    lines = [ln for ln in (REPO / "README.md").read_text().splitlines() if "-m ingest freshness" in ln and "--notify" in ln
-             and ln.lstrip()[:1].isdigit()]
+    lines = [ln for ln in (REPO / "README.md").read_text().splitlines()
+             if "-m ingest freshness" in ln and "--notify" in ln and ln.lstrip()[:1].isdigit()]
     assert len(lines) == 1, lines
     command = re.search(r"python -m ingest freshness.*$", lines[0])
     assert command is not None
@@ -37,7 +37,8 @@ def test_readme_freshness_line_catches_a_night_that_never_ran(tmp_path: Path) ->
     Ledger(sa.create_engine(url)).migrate()  # a deployed ledger in which no night has run
     with Receiver() as hook:
         env = {**os.environ, "DATABASE_URL": url, "INGEST_WEBHOOK_URL": hook.url}
-        proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)
         assert proc.returncode == EXIT_PARTIAL, proc.stderr
         assert "missing" in proc.stdout and "accounts incomplete" in proc.stdout
         assert hook.posts and "no data for " in hook.posts[0]["json"]["text"]

@@ -57,7 +57,8 @@ def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republishe
         assert mart_totals(sqlite_url, late_day) == after
         assert all(after[m]["conversions"] > before[m]["conversions"] for m in MEDIA)
         # republished: the new date and the restated one; the other window days were refetched unchanged
-        assert sorted(night2.stage2.partitions) == sorted((m, d) for m in MEDIA for d in (late_day, D + timedelta(days=1)))
+        assert sorted(night2.stage2.partitions) == \
+            sorted((m, d) for m in MEDIA for d in (late_day, D + timedelta(days=1)))
         for day in (D - timedelta(days=2), D):
             assert mart_totals(sqlite_url, day) == expected_totals(cfg, day)
 

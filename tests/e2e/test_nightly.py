@@ -30,7 +30,8 @@ def snapshot(cfg: PipelineConfig, url: str) -> dict[str, Any]:
     objects = sorted(b.name for b in gcs.list_blobs(cfg.gcs.bucket))
     bq = bigquery.Client(project=cfg.bigquery.project, credentials=AnonymousCredentials(),
                          client_options=ClientOptions(api_endpoint=cfg.bigquery.endpoint))
-    bq_rows = {m: list(bq.query(f"SELECT COUNT(*) FROM `{cfg.bigquery.project}.{cfg.bigquery.dataset}.raw_{m}`").result())[0][0]
+    bq_rows = {m: list(bq.query(f"SELECT COUNT(*) FROM `{cfg.bigquery.project}.{cfg.bigquery.dataset}.raw_{m}`")
+                       .result())[0][0]
                for m in cfg.media}
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     tables = {}
@@ -63,7 +64,8 @@ def run_and_check(cfg: PipelineConfig, url: str) -> None:
     assert snapshot(cfg, url) == first
     # and a plain re-run (resume semantics) fetches nothing and changes nothing
     resumed = NightlyJob(cfg).execute(RunRequest("run", [DAY], media))
-    assert sum(m.done for m in resumed.media.values()) == 0 and sum(m.skipped for m in resumed.media.values()) == n_reports
+    assert (sum(m.done for m in resumed.media.values()) == 0
+            and sum(m.skipped for m in resumed.media.values()) == n_reports)
     assert snapshot(cfg, url) == first
 
 

@@ -154,7 +154,8 @@ def test_rerun_one_media_one_date_changes_only_that_partition(stack, make_config
     assert [r for r in campaign_after if not (r[0] == str(D1) and r[1] == "meta")] == \
         [r for r in campaign_before if not (r[0] == str(D1) and r[1] == "meta")]
     assert all("MARK" not in r for r in campaign_after if r[0] == str(D1) and r[1] == "meta")
-    assert sum("MARK" in r for r in campaign_after) == sum(1 for r in campaign_before if "MARK" in r and not (r[0] == str(D1) and r[1] == "meta"))
+    assert sum("MARK" in r for r in campaign_after) == \
+        sum(1 for r in campaign_before if "MARK" in r and not (r[0] == str(D1) and r[1] == "meta"))
     assert rdb_after["mart_daily_advertiser"] == rdb["mart_daily_advertiser"]  # same numbers (D1 recomputed)
     assert mart_totals(sqlite_url, D1) == expected_totals(cfg, D1)
     # ledger: only meta D1's tasks belong to the rerun
@@ -171,7 +172,8 @@ def test_rerun_one_media_one_date_changes_only_that_partition(stack, make_config
 def test_rerun_failed_touches_only_failed_reports(stack, make_config: Callable[..., PipelineConfig], sqlite_url: str,  # type: ignore[no-untyped-def]
                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    meta_accounts = [{"id": "100200300", "advertiser": "sakura_foods"}, {"id": "100200301", "advertiser": "sakura_foods"},
+    meta_accounts = [{"id": "100200300", "advertiser": "sakura_foods"},
+                     {"id": "100200301", "advertiser": "sakura_foods"},
                      {"id": DENIED_ACCOUNT, "advertiser": "kaze_travel"}]  # the token can never read this one
     cfg = make_config(stack, sqlite_url, media={"meta": {"accounts": meta_accounts},
                                                 "yahoo_ads": {"retry": {"max_attempts": 2, "backoff_min_s": 0.05}}})
@@ -188,14 +190,17 @@ def test_rerun_failed_touches_only_failed_reports(stack, make_config: Callable[.
     code, out, _ = cli(capsys, "--config", path, "status", "--date", str(D1), "--json")
     status = json.loads(out)
     assert code == EXIT_PARTIAL and status["failed"] == failed
-    assert status["totals"] == {"reports": sum(n.values()), "done": sum(n.values()) - failed, "failed": failed, "open": 0}
+    assert status["totals"] == {"reports": sum(n.values()), "done": sum(n.values()) - failed, "failed": failed,
+                                "open": 0}
     cells = {c["media"]: c for c in status["cells"]}
-    assert (cells["meta"]["done"], cells["meta"]["failed"], cells["meta"]["errors"][0]["account_id"]) == (2, 1, DENIED_ACCOUNT)
+    assert (cells["meta"]["done"], cells["meta"]["failed"], cells["meta"]["errors"][0]["account_id"]) == \
+        (2, 1, DENIED_ACCOUNT)
     assert (cells["google_ads"]["done"], cells["google_ads"]["failed"]) == (n["google_ads"], 0)
     assert (cells["yahoo_ads"]["done"], cells["yahoo_ads"]["failed"]) == (0, n["yahoo_ads"])
     assert {e["error_kind"] for e in cells["yahoo_ads"]["errors"]} == {"auth"}
     assert cells["meta"]["stage2"]["status"] == "published" and cells["yahoo_ads"]["stage2"] is None
-    assert [(r["run_id"], r["outcome"]) for r in status["runs"]] == [(first["run_id"], "partial")] and status["locks"] == []
+    assert ([(r["run_id"], r["outcome"]) for r in status["runs"]] == [(first["run_id"], "partial")]
+            and status["locks"] == [])
 
     objects = gcs_objects(cfg)
     requests = sim_requests(stack)
@@ -205,7 +210,8 @@ def test_rerun_failed_touches_only_failed_reports(stack, make_config: Callable[.
     assert code == EXIT_PARTIAL  # the denied account still fails: still partial, and says so
     assert set(again["media"]) == {"meta", "yahoo_ads"}  # google_ads had nothing to redo
     assert (again["media"]["meta"]["planned"], again["media"]["meta"]["failed"]) == (1, 1)
-    assert (again["media"]["yahoo_ads"]["planned"], again["media"]["yahoo_ads"]["done"]) == (n["yahoo_ads"], n["yahoo_ads"])
+    assert (again["media"]["yahoo_ads"]["planned"], again["media"]["yahoo_ads"]["done"]) == \
+        (n["yahoo_ads"], n["yahoo_ads"])
     assert list(again["partitions"]) == [f"yahoo_ads/{D1}"]  # only the partition that changed is reloaded
     # exactly the failed reports were fetched: ledger events and the simulators agree
     ledger = Ledger(sa.create_engine(sqlite_url))
@@ -219,7 +225,8 @@ def test_rerun_failed_touches_only_failed_reports(stack, make_config: Callable[.
     assert {n for n in objects if now_objects.get(n, (0,))[0] != objects[n][0]} <= {
         f"failed/meta/dt={D1}/{DENIED_ACCOUNT}.json"}  # only the denied account's failure record is rewritten
     assert {n for n in now_objects if n not in objects} == {f"raw/yahoo_ads/dt={D1}/{a}.{ext}"
-                                                           for a in cfg.media["yahoo_ads"].account_ids() for ext in ("json", "csv")}
+                                                           for a in cfg.media["yahoo_ads"].account_ids()
+                                                           for ext in ("json", "csv")}
     untouched = [t for t in ledger.task_rows(dates=[D1]) if (t["media"], t["account_id"]) not in touched]
     assert len(untouched) == 2 + n["google_ads"] and {t["run_id"] for t in untouched} == {first["run_id"]}
 
@@ -314,7 +321,8 @@ def test_killed_driver_resumes_without_duplicates(stack, make_config: Callable[.
             if len(done) >= 3:
                 break
             time.sleep(0.05)
-        assert driver.poll() is None and 3 <= len(done) < total, (len(done), (tmp_path / "driver.log").read_text()[-3000:])
+        assert driver.poll() is None and 3 <= len(done) < total, \
+            (len(done), (tmp_path / "driver.log").read_text()[-3000:])
 
         # while it runs, a second run of the same date is refused, naming the run that holds it
         holder = ledger.locks([D1])[0]["run_id"]
@@ -350,11 +358,13 @@ def test_killed_driver_resumes_without_duplicates(stack, make_config: Callable[.
     done_events = Counter((e["media"], e["account_id"]) for run in (holder, resumed["run_id"])
                           for e in ledger.events(run) if e["kind"] == "done")
     assert set(done_events) == set(state) and set(done_events.values()) == {1}
-    assert {(e["media"], e["account_id"]) for e in ledger.events(resumed["run_id"]) if e["kind"] == "done"} == set(state) - done_before
+    assert {(e["media"], e["account_id"]) for e in ledger.events(resumed["run_id"]) if e["kind"] == "done"} == \
+        set(state) - done_before
 
     # no duplicates anywhere: one object pair per report, BigQuery and the RDB equal the truth
     objects = gcs_objects(cfg)
-    assert sorted(objects) == sorted(f"raw/{m}/dt={D1}/{a}.{ext}" for m, ids in accounts.items() for a in ids for ext in ("csv", "json"))
+    assert sorted(objects) == sorted(f"raw/{m}/dt={D1}/{a}.{ext}"
+                                     for m, ids in accounts.items() for a in ids for ext in ("csv", "json"))
     expected = expected_totals(cfg, D1)
     assert {m: len(rows) for m, rows in bq_rows(cfg).items()} == {m: e["rows"] for m, e in expected.items()}
     assert mart_totals(sqlite_url, D1) == expected

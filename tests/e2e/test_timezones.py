@@ -52,7 +52,8 @@ def test_yesterday_is_per_account_time_zone(stack: Any, sims: Callable[..., None
     assert ledger.timezones() == {("meta", "100500001"): "Asia/Tokyo", ("meta", PACIFIC_ACCOUNT): "America/Los_Angeles",
                                   ("google_ads", "1234700001"): "Asia/Tokyo",
                                   ("google_ads", PACIFIC_ACCOUNT): "America/Los_Angeles"}
-    asked = {m: sim_stats(stack)[m]["by_endpoint"].get(e, 0) for m, e in (("meta", "account"), ("google_ads", "searchStream"))}
+    asked = {m: sim_stats(stack)[m]["by_endpoint"].get(e, 0)
+             for m, e in (("meta", "account"), ("google_ads", "searchStream"))}
     NightlyJob(cfg).execute(RunRequest("run", [], cfg.media_names(), yesterday_per_account=True, as_of=AS_OF))
     stats = sim_stats(stack)
     assert stats["meta"]["by_endpoint"].get("account", 0) == asked["meta"] == 2  # no second lookup

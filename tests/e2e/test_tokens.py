@@ -36,7 +36,8 @@ def accounts(media: str, n: int) -> list[dict[str, str]]:
 def config(stack: Any, make_config: Callable[..., PipelineConfig], url: str) -> PipelineConfig:
     # slow enough (latency, a modest quota) that the night outlives several token lifetimes
     # Google needs one request per report, Yahoo about four: 24 and 8 reports make ≈8–11 s each
-    over = {m: {"accounts": accounts(m, 24 if m == "google_ads" else 8), "quota": {"requests_per_second": 3, "burst": 1}}
+    over = {m: {"accounts": accounts(m, 24 if m == "google_ads" else 8),
+                "quota": {"requests_per_second": 3, "burst": 1}}
             for m in OAUTH}
     return make_config(stack, url, media=over)
 
@@ -71,7 +72,8 @@ def test_tokens_expiring_mid_run_lose_nothing(stack: Any, sims: Callable[..., No
 
 def test_a_refused_refresh_fails_that_media_once_with_its_reason(stack: Any, sims: Callable[..., None],  # noqa: F811
                                                                  make_config: Callable[..., PipelineConfig],
-                                                                 sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 sqlite_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     sims(OAUTH)
     monkeypatch.setenv("YAHOO_ADS_REFRESH_TOKEN", REVOKED_REFRESH_TOKEN)
     cfg = config(stack, make_config, sqlite_url)

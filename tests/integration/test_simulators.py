@@ -83,7 +83,8 @@ def as_truth(rows: list[Row]) -> list[tuple[Any, ...]]:
 
 def expected(media: str, account: str, day: date = DAY, seed: int = 7) -> list[tuple[Any, ...]]:
     return [
-        (t["campaign_id"], t["campaign_name"], t["impressions"], t["clicks"], t["spend"], t["conversions"], t["currency"])
+        (t["campaign_id"], t["campaign_name"], t["impressions"], t["clicks"], t["spend"], t["conversions"],
+         t["currency"])
         for t in truth_rows(media, account, day, seed)
     ]
 
@@ -112,7 +113,8 @@ def test_faults_off_equals_truth(flow: tuple[str, dict[str, Any], SimulatorHandl
 
 
 def test_some_campaigns_have_zero_metrics() -> None:
-    zero = [t for m in VERSIONS for a in range(40) for t in truth_rows(m, str(1000 + a), DAY, 7) if t["impressions"] == 0]
+    zero = [t for m in VERSIONS for a in range(40) for t in truth_rows(m, str(1000 + a), DAY, 7)
+            if t["impressions"] == 0]
     assert zero and all(t["spend"] == 0 and t["clicks"] == 0 for t in zero)
 
 
@@ -150,10 +152,12 @@ def test_down_switch_is_transient_and_reversible(flow: tuple[str, dict[str, Any]
     assert sim.stats()["down_rejections"] == 1
 
 
-ALL_FAULTS = {k: 1.0 for k in ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed", "auth", "drift")}
+ALL_FAULTS = {k: 1.0 for k in ("throttle", "server_error", "timeout", "drop", "truncated", "job_failed", "auth",
+                               "drift")}
 
 
-def test_faults_raise_only_our_errors_and_never_corrupt_truth(flow: tuple[str, dict[str, Any], SimulatorHandle]) -> None:
+def test_faults_raise_only_our_errors_and_never_corrupt_truth(
+        flow: tuple[str, dict[str, Any], SimulatorHandle]) -> None:
     media, options, sim = flow
     sim.configure(fault_rate=0.5, faults=ALL_FAULTS, hang_s=0.3)
     conn = connector(media, sim.base_url, options)
@@ -224,7 +228,8 @@ def test_meta_throttle_hint_minutes_to_seconds() -> None:
 
 
 #: a version each platform has retired → what the real API answers (official fixtures' bodies)
-EXPIRED = [("meta", "v21.0", BadRequest, "2635"), ("google_ads", "v22", BadRequest, "INVALID_ARGUMENT,requestError:UNSUPPORTED_VERSION"),
+EXPIRED = [("meta", "v21.0", BadRequest, "2635"),
+           ("google_ads", "v22", BadRequest, "INVALID_ARGUMENT,requestError:UNSUPPORTED_VERSION"),
            ("yahoo_ads", "v16", BadRequest, "0004")]
 
 
@@ -257,7 +262,8 @@ def test_simulators_emit_the_official_fixture_shapes() -> None:
             assert set(added) == set(official)
             job = added["rval"]["values"][0]["reportDefinition"]["reportJobId"]
             for _ in range(10):
-                got = httpx.post(f"{base}/get", json={"accountId": 1002003, "reportJobIds": [job]}, headers=headers).json()
+                got = httpx.post(f"{base}/get", json={"accountId": 1002003, "reportJobIds": [job]},
+                                 headers=headers).json()
                 if got["rval"]["values"][0]["reportDefinition"]["reportJobStatus"] == "COMPLETED":
                     break
             text = httpx.post(f"{base}/download", json={"accountId": 1002003, "reportJobId": job}, headers=headers).text
@@ -324,7 +330,8 @@ def test_each_fault_kind_at_its_own_rate_on_every_request_type(kind: str) -> Non
         base = f"{sim.base_url}/{VERSIONS['meta']}"
         headers = {"Authorization": "Bearer tok-123"}
         with httpx.Client(timeout=5, headers=headers) as client:
-            params = {"level": "campaign", "time_range": json.dumps({"since": DAY.isoformat(), "until": DAY.isoformat()}),
+            params = {"level": "campaign",
+                      "time_range": json.dumps({"since": DAY.isoformat(), "until": DAY.isoformat()}),
                       "time_increment": "1", "fields": "campaign_id,campaign_name,impressions"}
             created = client.post(f"{base}/act_1234567/insights", data=params).json()
             sim.configure(fault_rates={kind: 1.0})

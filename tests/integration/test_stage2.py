@@ -62,13 +62,15 @@ class Env:
         self.fetched: dict[tuple[str, date], Totals] = {}
         self.reports: dict[tuple[str, str, date], list[Row]] = {}
 
-    def upload(self, day: date, only: str | None = None, data: dict[date, dict[tuple[str, str], list[Row]]] = DATA) -> None:
+    def upload(self, day: date, only: str | None = None,
+               data: dict[date, dict[tuple[str, str], list[Row]]] = DATA) -> None:
         """Write CSVs like the fetchers do; ``fetched`` covers every report of the partition
         (the contract with the driver), including reports kept from an earlier fetch."""
         for (media, account), rows in data[day].items():
             if only and media != only:
                 continue
-            self.store.put(ReportPaths(self.cfg.gcs.bucket, media, account, day).rows_csv, rows_to_csv(rows), "text/csv")
+            self.store.put(ReportPaths(self.cfg.gcs.bucket, media, account, day).rows_csv, rows_to_csv(rows),
+                           "text/csv")
             self.reports[(media, account, day)] = rows
         self.fetched = {}
         for (media, _account, d), rows in self.reports.items():
@@ -100,7 +102,8 @@ def approx(v: float | None) -> Any:
     return None if v is None else pytest.approx(v, rel=1e-12)
 
 
-def kpis(ctr: float | None, cpc: float | None, cpm: float | None, cpa: float | None, cvr: float | None) -> dict[str, Any]:
+def kpis(ctr: float | None, cpc: float | None, cpm: float | None, cpa: float | None,
+         cvr: float | None) -> dict[str, Any]:
     return {"ctr": approx(ctr), "cpc": approx(cpc), "cpm": approx(cpm), "cpa": approx(cpa), "cvr": approx(cvr)}
 
 
@@ -140,7 +143,8 @@ def test_daily_marts_exact_values_and_statuses(env: Env) -> None:
     adv = env.rows(mart_daily_advertiser, "advertiser", "currency")
     assert adv == [
         {**base, "advertiser": "kaze_travel", "currency": "JPY", "media_count": 1, "campaign_count": 1,
-         "impressions": 500, "clicks": 0, "spend": D("100"), "conversions": D("0"), **kpis(0.0, None, 200.0, None, None)},
+         "impressions": 500, "clicks": 0, "spend": D("100"), "conversions": D("0"),
+         **kpis(0.0, None, 200.0, None, None)},
         {**base, "advertiser": "sakura_foods", "currency": "JPY", "media_count": 1, "campaign_count": 2,
          "impressions": 2000, "clicks": 100, "spend": D("4000.25"), "conversions": D("4"),
          **kpis(0.05, 40.0025, 2000.125, 1000.0625, 0.04)},
@@ -175,7 +179,8 @@ def test_rerun_of_one_media_leaves_other_media_untouched(env: Env) -> None:
     with env.engine.begin() as conn:
         conn.execute(sa.update(mart_daily_campaign).where(mart_daily_campaign.c.media == "google_ads")
                      .values(campaign_name="SENTINEL"))
-    changed = {D1: {("meta", "100200300"): [r(D1, "meta", "100200300", "c1", 4000, 200, "8000.5", "8", "JPY", "Spring, sale")]}}
+    changed = {D1: {("meta", "100200300"): [r(D1, "meta", "100200300", "c1", 4000, 200, "8000.5", "8", "JPY",
+                                              "Spring, sale")]}}
     env.upload(D1, data=changed)  # overwrites one account's CSV; 100200302's CSV stays
     res = env.run([("meta", D1)], run_id="run-2")
     assert res.partitions[("meta", D1)].status == "published", res.partitions[("meta", D1)].error
@@ -209,13 +214,15 @@ def test_month_to_date_across_month_boundary_and_later_as_of_recompute(env: Env)
            for x in env.rows(mart_mtd_advertiser_media, "as_of_date")}
     assert set(mtd) == {
         (D0, "sakura_foods", "meta", "JPY"),
-        (D1, "sakura_foods", "meta", "JPY"), (D1, "kaze_travel", "meta", "JPY"), (D1, "sakura_foods", "google_ads", "USD"),
+        (D1, "sakura_foods", "meta", "JPY"), (D1, "kaze_travel", "meta", "JPY"),
+        (D1, "sakura_foods", "google_ads", "USD"),
         (D2, "sakura_foods", "meta", "JPY"),
     }
     jan = mtd[(D1, "sakura_foods", "meta", "JPY")]
     assert {k: jan[k] for k in ("days_with_data", "impressions", "clicks", "spend", "conversions")} == {
         "days_with_data": 2, "impressions": 3000, "clicks": 150, "spend": D("6500.75"), "conversions": D("9")}
-    assert {k: jan[k] for k in ("ctr", "cpc", "cpm", "cpa", "cvr")} == kpis(0.05, 6500.75 / 150, 6500.75 * 1000 / 3000, 6500.75 / 9, 0.06)
+    assert {k: jan[k] for k in ("ctr", "cpc", "cpm", "cpa", "cvr")} == \
+        kpis(0.05, 6500.75 / 150, 6500.75 * 1000 / 3000, 6500.75 / 9, 0.06)
     assert mtd[(D1, "sakura_foods", "google_ads", "USD")]["spend"] == D("12.345678")  # never summed with JPY
     assert mtd[(D1, "kaze_travel", "meta", "JPY")]["days_with_data"] == 1
     feb = mtd[(D2, "sakura_foods", "meta", "JPY")]
@@ -262,7 +269,8 @@ def test_reconciliation_mismatch_fails_partition_with_numbers(env: Env) -> None:
 def test_row_of_another_date_in_partition_is_caught(env: Env) -> None:
     rows = [r(D1, "google_ads", "1234567890", "g1", 300, 30, "12.345678", "1.5", "USD"),
             r(D2, "google_ads", "1234567890", "g9", 1, 1, "1", "0", "USD")]  # wrong day in D1's file
-    env.store.put(ReportPaths(env.cfg.gcs.bucket, "google_ads", "1234567890", D1).rows_csv, rows_to_csv(rows), "text/csv")
+    env.store.put(ReportPaths(env.cfg.gcs.bucket, "google_ads", "1234567890", D1).rows_csv, rows_to_csv(rows),
+                  "text/csv")
     res = env.run([("google_ads", D1)], fetched={("google_ads", D1): Totals.from_rows(rows)})
     part = res.partitions[("google_ads", D1)]
     assert part.status == "failed" and part.error is not None
@@ -352,7 +360,8 @@ def test_publisher_rejects_rows_outside_replaced_keys(sqlite_url: str) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(mart_daily_campaign)).scalar_one() == 1
 
 
-def test_bq_stage_rejects_hostile_names(emulators: Any, make_config: Callable[..., PipelineConfig], sqlite_url: str) -> None:
+def test_bq_stage_rejects_hostile_names(emulators: Any, make_config: Callable[..., PipelineConfig],
+                                        sqlite_url: str) -> None:
     from ingest.errors import ConfigError
 
     cfg = make_config(emulators, sqlite_url)

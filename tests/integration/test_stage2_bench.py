@@ -12,6 +12,7 @@ def test_bench_publish_small(pg_url: str) -> None:
     assert result.rows == 500 and result.publish_rows_per_s > 0 and result.copy_rows_per_s > 0
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:
-        left = conn.execute(sa.text("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'bench_%'")).scalar_one()
+        left = conn.execute(sa.text("SELECT count(*) FROM information_schema.schemata "
+                                    "WHERE schema_name LIKE 'bench_%'")).scalar_one()
     engine.dispose()
     assert left == 0

@@ -175,8 +175,8 @@ def test_pages_fast_with_100k_report_tasks(tmp_path: Path) -> None:
     assert s.tasks == 100_080
     media, account, day = s.failed[-1]
     cell = f"/runs/{s.last_run}/cells/{media}/{day.isoformat()}"
-    paths = ["/", "/?media=meta&date=" + s.days[10].isoformat(), "/?page=2", f"/runs/{s.last_run}", f"/runs/{s.runs[0]}",
-             cell, f"{cell}?status=failed&page=2", f"{cell}/{account}"]
+    paths = ["/", "/?media=meta&date=" + s.days[10].isoformat(), "/?page=2", f"/runs/{s.last_run}",
+             f"/runs/{s.runs[0]}", cell, f"{cell}?status=failed&page=2", f"{cell}/{account}"]
     results = get_pages(app_for(url), [p for p in paths for _ in range(2)])
     timings = {}
     for path, (status, body, seconds, _) in zip([p for p in paths for _ in range(2)], results, strict=True):
@@ -197,7 +197,8 @@ def test_pages_on_postgresql(pg_url: str) -> None:
     media, account, day = s.failed[-1]
     run = s.runs[s.days.index(day)]
     cell = f"/runs/{run}/cells/{media}/{day.isoformat()}"
-    res = get_pages(app_for(pg_url), ["/", f"/?media={media}&date={day.isoformat()}", f"/runs/{run}", cell, f"{cell}/{account}"])
+    res = get_pages(app_for(pg_url),
+                    ["/", f"/?media={media}&date={day.isoformat()}", f"/runs/{run}", cell, f"{cell}/{account}"])
     assert [r[0] for r in res] == [200] * 5, [r[1][:300] for r in res if r[0] != 200]
     assert run in res[1][1] and "data-state='failed'" in res[2][1] and "retries exhausted" in res[4][1]
     with pytest.raises(sa.exc.InternalError, match="read-only"):

@@ -166,7 +166,8 @@ def ledger(tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
 
 def _launch(chromium: str, profile: str) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     port_file = Path(profile) / "DevToolsActivePort"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -209,7 +210,8 @@ async def _drive(port: int, base: str, s: Seeded) -> None:
         async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
             b = Browser(ws)
             await b.send("Page.enable")
-            await b.send("Emulation.setDeviceMetricsOverride", width=1360, height=960, deviceScaleFactor=1, mobile=False)
+            await b.send("Emulation.setDeviceMetricsOverride", width=1360, height=960, deviceScaleFactor=1,
+                         mobile=False)
 
             # without the token: refused
             await b.goto(base + "/")

@@ -49,12 +49,14 @@ BAD_INPUT = [
     (["backfill", "--from", PAST, "--to", FUTURE], ["in the future"]),
     (["status", "--date", FUTURE], ["in the future"]),
     (["backfill", "--from", PAST, "--to", (TODAY - timedelta(days=5)).isoformat()], ["is after --to"]),
-    (["backfill", "--from", TOO_LONG_FROM, "--to", PAST], [f"max_backfill_days={CFG.max_backfill_days}", "split the range"]),
+    (["backfill", "--from", TOO_LONG_FROM, "--to", PAST],
+     [f"max_backfill_days={CFG.max_backfill_days}", "split the range"]),
     (["backfill", "--to", PAST], ["--from"]),
     (["rerun", "--date", PAST], ["rerun needs --media and --date (or --failed)"]),
     (["rerun", "--media", "meta"], ["rerun needs --media and --date"]),
     (["rerun", "--failed", "--account", "100200300"], ["--failed cannot be combined with --account"]),
-    (["rerun", "--media", "meta", "--date", PAST, "--account", "999"], ["account '999' is not configured for media 'meta'"]),
+    (["rerun", "--media", "meta", "--date", PAST, "--account", "999"],
+     ["account '999' is not configured for media 'meta'"]),
     (["rerun", "--media", "meta", "--date", PAST, "--account", "../x"], ["'../x' is not allowed"]),
     (["frobnicate"], ["invalid choice: 'frobnicate'"]),
     (["run", "--dry"], ["unrecognized arguments: --dry"]),
@@ -62,7 +64,8 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize(("argv", "words"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_is_one_clear_error_and_exit_2(db: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: list[str]) -> None:
+def test_bad_input_is_one_clear_error_and_exit_2(db: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                  words: list[str]) -> None:
     code = main(["--config", str(LOCAL), *argv])
     out, err = capsys.readouterr()
     assert code == EXIT_USAGE
@@ -139,11 +142,13 @@ def _hold(db: Path, run_id: str, day: str, age_s: float = 0.0) -> None:
     ledger.migrate()
     with ledger.engine.begin() as conn:
         conn.execute(locks.insert().values(media="google_ads", date=date.fromisoformat(day), run_id=run_id,
-                                           holder="ops@batch-1 pid 4242", heartbeat_at=now() - timedelta(seconds=age_s)))
+                                           holder="ops@batch-1 pid 4242",
+                                           heartbeat_at=now() - timedelta(seconds=age_s)))
     ledger.engine.dispose()
 
 
-def test_a_second_run_of_a_locked_date_refuses_with_exit_5_naming_the_holder(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_run_of_a_locked_date_refuses_with_exit_5_naming_the_holder(
+        db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _hold(db, "run-20261120T010000-abc123", PAST)
     code = main(["--config", str(LOCAL), "run", "--date", PAST])
     err = capsys.readouterr().err.strip().splitlines()
@@ -213,7 +218,8 @@ def test_no_tty_means_no_bars_only_logs(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize("argv", [["run"], ["rerun", "--failed"], ["backfill", "--from", PAST, "--to", PAST]])
 def test_writing_commands_refuse_the_local_default_when_its_stack_is_not_up(
-        db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+        db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str]) -> None:
     """No --config, no INGEST_CONFIG, and this is not a machine running the local stack: exit 2 before anything."""
     import ingest.config
 

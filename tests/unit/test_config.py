@@ -62,7 +62,8 @@ def _token_in_url(raw: dict) -> None:
         (_token_in_url, "media.meta.base_url", "without credentials or query"),
     ],
 )
-def test_bad_config_exits_2_naming_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, field: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_config_exits_2_naming_file_and_field(  # type: ignore[no-untyped-def]
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, field: str, message: str) -> None:
     path = write(tmp_path, mutate)
     with pytest.raises(ConfigError) as err:
         load_config(path)
@@ -82,7 +83,8 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_missing_credential_env_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_credential_env_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("META_ACCESS_TOKEN", raising=False)
     cfg_path = write(tmp_path, lambda raw: raw.update(database={"url": f"sqlite:///{tmp_path}/l.db", "url_env": None}))
     assert main(["--config", str(cfg_path), "run", "--date", "2026-11-01"]) == 2

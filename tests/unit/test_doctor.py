@@ -36,7 +36,8 @@ def test_doctor_names_what_is_wrong_and_exits_3(db: str, capsys: pytest.CaptureF
     assert checks["config"].status == "PASS"
     assert checks["meta: api version"].status == "PASS" and "v27.0" in checks["meta: api version"].detail
     assert checks["meta: endpoint"].status == "FAIL" and "unreachable" in checks["meta: endpoint"].detail
-    assert checks["yahoo_ads: credentials"].status == "FAIL" and "$YAHOO_ADS_REFRESH_TOKEN" in checks["yahoo_ads: credentials"].detail
+    assert (checks["yahoo_ads: credentials"].status == "FAIL"
+            and "$YAHOO_ADS_REFRESH_TOKEN" in checks["yahoo_ads: credentials"].detail)
     assert checks["gcs bucket"].status == "FAIL" and checks["bigquery dataset"].status == "FAIL"
     # the ledger exists but is empty: a warning naming the command, not a migration
     assert checks["database"].status == "WARN" and "ingest migrate" in checks["database"].detail

@@ -52,7 +52,8 @@ def _land(ledger: Ledger, day: date, *, skip: tuple[str, str] | None = None, pub
             ledger.record_stage("r1", m, day, "published", 1, "ok")
 
 
-def test_a_complete_date_exits_0_and_a_missed_night_or_account_exits_3(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_complete_date_exits_0_and_a_missed_night_or_account_exits_3(db: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg()
     ledger = Ledger(sa.create_engine(db))
     ledger.migrate()
@@ -99,7 +100,8 @@ def test_partial_failed_and_stale_are_told_apart() -> None:
     assert publish_freshness(engine, report) == 4
     with engine.connect() as conn:
         row = conn.execute(sa.select(mart_freshness).where(mart_freshness.c.account_id == "100200300")).mappings().one()
-    assert row["failed_dates"] == "2026-11-28" and row["stale_dates"] == "2026-11-27" and row["partial_dates"] == "2026-11-29"
+    assert (row["failed_dates"] == "2026-11-28" and row["stale_dates"] == "2026-11-27"
+            and row["partial_dates"] == "2026-11-29")
     assert row["may_change_from"] == date(2026, 11, 26)
 
 

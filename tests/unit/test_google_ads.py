@@ -41,7 +41,8 @@ def quota(delay: str | None, code: str = "RESOURCE_EXHAUSTED") -> list[dict[str,
     details: dict[str, Any] = {"rateScope": "ACCOUNT", "rateName": "Requests per account"}
     if delay is not None:
         details["retryDelay"] = delay
-    return [{"errorCode": {"quotaError": code}, "message": "Too many requests.", "details": {"quotaErrorDetails": details}}]
+    return [{"errorCode": {"quotaError": code}, "message": "Too many requests.",
+             "details": {"quotaErrorDetails": details}}]
 
 
 ERRORS = [  # (id, http status, body, headers, error, retry_after, code)
@@ -49,23 +50,28 @@ ERRORS = [  # (id, http status, body, headers, error, retry_after, code)
      "RESOURCE_EXHAUSTED,quotaError:RESOURCE_EXHAUSTED"),
     ("quota-in-stream-array", 429, status(429, "RESOURCE_EXHAUSTED", quota("30s"), wrap=True), {}, Throttled, 30.0,
      "RESOURCE_EXHAUSTED,quotaError:RESOURCE_EXHAUSTED"),
-    ("quota-fractional-delay", 429, status(429, "RESOURCE_EXHAUSTED", quota("1.500s", "RESOURCE_TEMPORARILY_EXHAUSTED")),
+    ("quota-fractional-delay", 429,
+     status(429, "RESOURCE_EXHAUSTED", quota("1.500s", "RESOURCE_TEMPORARILY_EXHAUSTED")),
      {}, Throttled, 1.5, "RESOURCE_EXHAUSTED,quotaError:RESOURCE_TEMPORARILY_EXHAUSTED"),
     ("rpc-retry-info", 429, status(429, "RESOURCE_EXHAUSTED", extra=[
-        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "4s"}]), {}, Throttled, 4.0, "RESOURCE_EXHAUSTED"),
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "4s"}]), {}, Throttled, 4.0,
+     "RESOURCE_EXHAUSTED"),
     ("retry-after-header", 429, status(429, "RESOURCE_EXHAUSTED", quota(None)), {"Retry-After": "12"}, Throttled, 12.0,
      "RESOURCE_EXHAUSTED,quotaError:RESOURCE_EXHAUSTED"),
-    ("internal", 500, status(500, "INTERNAL", [{"errorCode": {"internalError": "INTERNAL_ERROR"}}]), {}, Transient, None,
-     "INTERNAL,internalError:INTERNAL_ERROR"),
+    ("internal", 500, status(500, "INTERNAL", [{"errorCode": {"internalError": "INTERNAL_ERROR"}}]), {}, Transient,
+     None, "INTERNAL,internalError:INTERNAL_ERROR"),
     ("unavailable", 503, status(503, "UNAVAILABLE", wrap=True), {}, Transient, None, "UNAVAILABLE"),
     ("deadline", 504, status(504, "DEADLINE_EXCEEDED"), {}, Transient, None, "DEADLINE_EXCEEDED"),
-    ("transient-internal-error", 400, status(400, "INVALID_ARGUMENT", [{"errorCode": {"internalError": "TRANSIENT_ERROR"}}]),
+    ("transient-internal-error", 400,
+     status(400, "INVALID_ARGUMENT", [{"errorCode": {"internalError": "TRANSIENT_ERROR"}}]),
      {}, Transient, None, "INVALID_ARGUMENT,internalError:TRANSIENT_ERROR"),
-    ("invalid-argument", 400, status(400, "INVALID_ARGUMENT", [{"errorCode": {"queryError": "UNRECOGNIZED_FIELD"}}]), {},
-     BadRequest, None, "INVALID_ARGUMENT,queryError:UNRECOGNIZED_FIELD"),
-    ("unauthenticated", 401, status(401, "UNAUTHENTICATED", [{"errorCode": {"authenticationError": "OAUTH_TOKEN_EXPIRED"}}]),
+    ("invalid-argument", 400, status(400, "INVALID_ARGUMENT", [{"errorCode": {"queryError": "UNRECOGNIZED_FIELD"}}]),
+     {}, BadRequest, None, "INVALID_ARGUMENT,queryError:UNRECOGNIZED_FIELD"),
+    ("unauthenticated", 401,
+     status(401, "UNAUTHENTICATED", [{"errorCode": {"authenticationError": "OAUTH_TOKEN_EXPIRED"}}]),
      {}, AuthError, None, "UNAUTHENTICATED,authenticationError:OAUTH_TOKEN_EXPIRED"),
-    ("permission-denied", 403, status(403, "PERMISSION_DENIED", [{"errorCode": {"authorizationError": "USER_PERMISSION_DENIED"}}]),
+    ("permission-denied", 403,
+     status(403, "PERMISSION_DENIED", [{"errorCode": {"authorizationError": "USER_PERMISSION_DENIED"}}]),
      {}, AuthError, None, "PERMISSION_DENIED,authorizationError:USER_PERMISSION_DENIED"),
     ("not-found", 404, status(404, "NOT_FOUND"), {}, BadRequest, None, "NOT_FOUND"),
     ("gateway-html", 502, None, {}, Transient, None, None),
@@ -86,7 +92,8 @@ def test_error_table(http_status: int, body: Any, headers: dict[str, str], error
     assert (exc.media, exc.account, exc.date) == ("google_ads", "1234567890", DAY.isoformat())
 
 
-def result(cid: str = "1234567890", camp: str = "111", metrics: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
+def result(cid: str = "1234567890", camp: str = "111", metrics: dict[str, Any] | None = None,
+           **over: Any) -> dict[str, Any]:
     r = {
         "customer": {"resourceName": f"customers/{cid}", "id": cid, "currencyCode": "JPY"},
         "campaign": {"resourceName": f"customers/{cid}/campaigns/{camp}", "id": camp, "name": "Search, JP"},
@@ -133,13 +140,15 @@ def test_proto3_json_values_are_exact() -> None:
         result(camp="4", metrics={"costMicros": "9007199254740993123", "conversions": 2}),
     ])
     a, b, c, d = run(make(GoogleAdsConnector), Script([respond(raw=body)]), "1234567890").rows
-    assert (a.impressions, a.clicks, a.spend, a.conversions, a.currency) == (1000, 20, Decimal("1.234567"), Decimal("1.5"), "JPY")
+    assert (a.impressions, a.clicks, a.spend, a.conversions, a.currency) == \
+        (1000, 20, Decimal("1.234567"), Decimal("1.5"), "JPY")
     assert (b.impressions, b.clicks, b.spend, b.conversions) == (0, 0, Decimal(0), Decimal(0))
     assert c.spend == Decimal("0.1") and str(c.conversions) == "0.1"  # never through float
     assert d.spend == Decimal("9007199254740.993123") and d.conversions == Decimal(2)
 
 
-@pytest.mark.parametrize("raw", ["[]", json.dumps([{"fieldMask": MASK, "requestId": "x"}])], ids=["empty", "no-results"])
+@pytest.mark.parametrize("raw", ["[]", json.dumps([{"fieldMask": MASK, "requestId": "x"}])],
+                         ids=["empty", "no-results"])
 def test_empty_stream(raw: str) -> None:
     assert run(make(GoogleAdsConnector), Script([respond(raw=raw)]), "1234567890").rows == []
 

@@ -93,7 +93,8 @@ def _record(ledger: Ledger, run_id: str, outcomes: dict[ReportKey, str]) -> None
             ledger.apply(run_id, Event("done", key.media, key, 1, result=_result(key, 4)))
         elif outcome == "failed":
             ledger.apply(run_id, Event("retry", key.media, key, 1, error_kind="transient", message="HTTP 503"))
-            ledger.apply(run_id, Event("failed", key.media, key, 2, error_kind="auth", message="token revoked (code 190)"))
+            ledger.apply(run_id, Event("failed", key.media, key, 2, error_kind="auth",
+                                       message="token revoked (code 190)"))
         # "running": the driver died before the report finished
 
 
@@ -116,7 +117,8 @@ def test_unfinished_is_what_rerun_failed_redoes(ledger: Ledger) -> None:
     assert plan_keys(cfg, req) == [ReportKey("meta", "100200301", D1)]
 
 
-def test_status_json_counts_states_attempts_errors_and_stage2(ledger: Ledger, url: str, capsys: pytest.CaptureFixture[str],
+def test_status_json_counts_states_attempts_errors_and_stage2(ledger: Ledger, url: str,
+                                                             capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     first = ledger.open_run("run", [D1], ["meta", "google_ads"])
     ledger.acquire(first, [("meta", D1)], stale_after_s=600)
@@ -129,17 +131,19 @@ def test_status_json_counts_states_attempts_errors_and_stage2(ledger: Ledger, ur
     assert doc["date"] == "2026-11-19" and doc["run"] is None
     assert [r["run_id"] for r in doc["runs"]] == [first]
     assert doc["runs"][0]["outcome"] == "partial"
-    assert doc["runs"][0]["counts"] == {"meta": {**dict.fromkeys(("planned", "skipped", "retries", "restarts", "rows", "requests"), 0),
-                                                 "done": 1, "failed": 1}}
+    zeros = dict.fromkeys(("planned", "skipped", "retries", "restarts", "rows", "requests"), 0)
+    assert doc["runs"][0]["counts"] == {"meta": {**zeros, "done": 1, "failed": 1}}
     assert doc["runs"][0]["seconds"] is not None and "pid" in doc["runs"][0]["started_by"]
     assert [(lk["media"], lk["run_id"]) for lk in doc["locks"]] == [("meta", first)] and doc["locks"][0]["age_s"] >= 0
     cells = {c["media"]: c for c in doc["cells"]}
     meta, google = cells["meta"], cells["google_ads"]
-    assert {k: meta[k] for k in ("date", "reports", "done", "failed", "running", "pending", "retrying", "attempts", "max_attempts", "rows")} == \
+    assert {k: meta[k] for k in ("date", "reports", "done", "failed", "running", "pending", "retrying", "attempts",
+                                 "max_attempts", "rows")} == \
         {"date": "2026-11-19", "reports": 2, "done": 1, "failed": 1, "running": 0, "pending": 0, "retrying": 0,
          "attempts": 3, "max_attempts": 2, "rows": 4}
     assert meta["fetch_seconds"] == 0.25
-    assert meta["errors"] == [{"account_id": "2", "error_kind": "auth", "message": "token revoked (code 190)", "attempts": 2}]
+    assert meta["errors"] == [{"account_id": "2", "error_kind": "auth", "message": "token revoked (code 190)",
+                               "attempts": 2}]
     assert meta["stage2"] == {"status": "published", "loaded_rows": 4, "message": "reconciled: 4 rows"}
     assert (google["done"], google["running"], google["failed"]) == (1, 1, 0)
     # a report done since the partition's last stage 2: it waits for (re)loading

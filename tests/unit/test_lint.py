@@ -38,5 +38,6 @@ def test_stage2_reads_the_csv_the_connectors_write() -> None:
     from ingest.media.base import CSV_COLUMNS
 
     assert CSV_COLUMNS == RAW_COLUMNS
-    imports = [ln for ln in (REPO / "aggregations" / "totals.py").read_text().splitlines() if ln.startswith(("from ", "import "))]
+    imports = [ln for ln in (REPO / "aggregations" / "totals.py").read_text().splitlines()
+               if ln.startswith(("from ", "import "))]
     assert not [ln for ln in imports if "ingest.media" in ln]

@@ -27,7 +27,8 @@ from ingest.media.base import Usage
 from ingest.media.meta import MetaConnector, parse_usage
 
 
-def graph_error(code: int, subcode: int | None = None, transient: bool | None = None, message: str = "msg") -> dict[str, Any]:
+def graph_error(code: int, subcode: int | None = None, transient: bool | None = None,
+                message: str = "msg") -> dict[str, Any]:
     err: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AbC"}
     if subcode is not None:
         err["error_subcode"] = subcode
@@ -161,7 +162,8 @@ def test_normalization_is_exact() -> None:
 
 
 def test_conversion_action_type_option() -> None:
-    out = run(make(MetaConnector, {"conversion_action_type": "omni_purchase"}), Script([respond(body={"data": [row()]})]), "1234")
+    out = run(make(MetaConnector, {"conversion_action_type": "omni_purchase"}),
+              Script([respond(body={"data": [row()]})]), "1234")
     assert out.rows[0].conversions == Decimal(4)
 
 
@@ -224,7 +226,8 @@ def test_async_terminal_states(status_body: dict[str, Any], error: type) -> None
 def test_async_poll_limit_and_hostile_run_id() -> None:
     running = [respond(body={"async_status": "Job Running", "async_percent_completion": 10}) for _ in range(3)]
     with pytest.raises(JobFailed, match="not complete after 3 polls"):
-        run(make(MetaConnector, {"mode": "async", "max_polls": 3}), Script([respond(body={"report_run_id": "1"}), *running]), "1")
+        run(make(MetaConnector, {"mode": "async", "max_polls": 3}),
+            Script([respond(body={"report_run_id": "1"}), *running]), "1")
     with pytest.raises(DataError):
         run(make(MetaConnector, {"mode": "async"}), Script([respond(body={"report_run_id": "../me"})]), "1")
 
@@ -233,7 +236,8 @@ def test_usage_headers_are_parsed_and_reported() -> None:
     headers = {
         **buc(3, call_count=40),
         "x-app-usage": json.dumps({"call_count": 85, "total_cputime": 10, "total_time": 12}),
-        "x-ad-account-usage": json.dumps({"acc_id_util_pct": 9.5, "reset_time_duration": 0, "ads_api_access_tier": "standard_access"}),
+        "x-ad-account-usage": json.dumps({"acc_id_util_pct": 9.5, "reset_time_duration": 0,
+                                          "ads_api_access_tier": "standard_access"}),
     }
     assert parse_usage(httpx.Headers(headers)) == Usage(utilization=0.85, regain_after_s=180.0)
     assert parse_usage(httpx.Headers({"x-app-usage": "not json"})) is None

@@ -30,8 +30,10 @@ def report(outcome: str = "partial") -> RunReport:
         "google_ads": MediaCounts(planned=3, done=3, rows=45, requests=3),
     }))
     if outcome == "partial":
-        r.failures = [{"media": "meta", "account_id": "100200300", "date": DAY, "attempts": 6, "error_kind": "throttled",
-                       "error_message": "throttled: too many calls GET /x?access_token=EAAB-leak <script> → retries exhausted"}]
+        r.failures = [{"media": "meta", "account_id": "100200300", "date": DAY, "attempts": 6,
+                       "error_kind": "throttled",
+                       "error_message": "throttled: too many calls GET /x?access_token=EAAB-leak <script> "
+                                        "→ retries exhausted"}]
     return r
 
 
@@ -63,7 +65,8 @@ def test_run_message_is_posted_to_the_webhook() -> None:
 
 def test_success_is_notified_too() -> None:
     msg = run_message(run_id="r1", kind="run", outcome="success", exit_code=0, dates=("2026-11-20", "2026-11-20"),
-                      counts=RunCounts({"meta": MediaCounts(planned=4, done=4)}), failures=[], stage2_failed=[], duration_s=42.0, link=None)
+                      counts=RunCounts({"meta": MediaCounts(planned=4, done=4)}), failures=[], stage2_failed=[],
+                      duration_s=42.0, link=None)
     assert msg["text"].startswith(":white_check_mark: ingest run 2026-11-20: SUCCESS — 4/4 reports ok, 0 failed")
     assert "Failed reports" not in json.dumps(msg["blocks"])
 
@@ -103,8 +106,9 @@ def test_no_url_means_off() -> None:
 
 def test_breaker_open_event_notifies_from_the_driver(tmp_path: Path) -> None:
     """NightlyJob._record (the driver's single event sink) posts once per breaker cycle, in the background."""
-    cfg = load_config(REPO / "config" / "local.yaml", {"database": {"url": f"sqlite:///{tmp_path / 'l.db'}", "url_env": None},
-                                                        "notify": {"ui_base_url": "http://ops:8080"}})
+    cfg = load_config(REPO / "config" / "local.yaml",
+                      {"database": {"url": f"sqlite:///{tmp_path / 'l.db'}", "url_env": None},
+                       "notify": {"ui_base_url": "http://ops:8080"}})
     with Receiver() as rx:
         job = NightlyJob(cfg, environ={"INGEST_WEBHOOK_URL": rx.url})
         job.ledger.migrate()

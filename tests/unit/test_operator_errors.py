@@ -27,7 +27,8 @@ def one_line(err: str) -> str:
 
 @pytest.mark.parametrize("argv", [["run", "--date", PAST], ["status", "--date", PAST], ["freshness"],
                                   ["rerun", "--failed"]])
-def test_unreachable_database(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_database(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://ingest:hunter2pass@127.0.0.1:{free_port()}/marts")
     assert main(["--config", str(LOCAL), *argv]) == EXIT_FAILED
     err = one_line(capsys.readouterr().err)
@@ -48,7 +49,8 @@ def test_port_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
 
 
-def test_missing_credential(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_credential(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'l.db'}")
     monkeypatch.delenv("META_ACCESS_TOKEN", raising=False)
     assert main(["--config", str(LOCAL), "run", "--date", PAST]) == EXIT_USAGE
@@ -57,7 +59,8 @@ def test_missing_credential(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cap
 
 
 def test_bucket_or_dataset_missing_or_refused() -> None:
-    forbidden = gexc.Forbidden("POST https://storage.googleapis.com/b: ingest@p.iam does not have storage.objects.create")
+    forbidden = gexc.Forbidden("POST https://storage.googleapis.com/b: "
+                               "ingest@p.iam does not have storage.objects.create")
     line = explain(forbidden, bucket="ads-raw", dataset="p.ads")
     assert line is not None and "gs://ads-raw" in line and "service account" in line
     missing = explain(gexc.NotFound("Not found: Dataset p:ads"), bucket="ads-raw", dataset="p.ads")

@@ -166,7 +166,8 @@ def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
         if op == "get":
             return httpx.Response(200, json=definition(body["reportJobIds"][0], "COMPLETED"))
         state["open"] -= 1
-        csv = "日,キャンペーンID,キャンペーン名,インプレッション数,クリック数,コスト,コンバージョン数\n2026-03-14,1001,Brand,1,1,5,0\n"
+        csv = ("日,キャンペーンID,キャンペーン名,インプレッション数,クリック数,コスト,コンバージョン数\n"
+               "2026-03-14,1001,Brand,1,1,5,0\n")
         return httpx.Response(200, content=csv.encode(), headers={"Content-Type": "text/csv"})
 
     async def go() -> None:

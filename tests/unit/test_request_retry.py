@@ -47,7 +47,8 @@ def supervisor(connector: str, **retry: Any) -> MediaSupervisor:
     return MediaSupervisor(connector, settings(connector, **retry), _never)
 
 
-def fetch(sup: MediaSupervisor, conn: Any, script: Script, account: str, day: date = DAY) -> tuple[list[Row], HttpSession]:
+def fetch(sup: MediaSupervisor, conn: Any, script: Script, account: str,
+          day: date = DAY) -> tuple[list[Row], HttpSession]:
     """What ReportFetcher does for one report, with the supervisor's methods called directly."""
     link = QuotaLink(sup.permit, sup.acquire_job, sup.release_job, None, sup.request_failed)
     key = ReportKey(conn.media, account, day)
@@ -138,7 +139,8 @@ def test_a_body_that_stays_cut_fails_as_data_error_with_every_body_kept() -> Non
 
 def test_request_budget_spent_names_the_budget() -> None:
     sup = supervisor("google_ads", request_attempts=3)
-    script = Script([respond(503, {"error": {"code": 503, "message": "down", "status": "UNAVAILABLE"}}) for _ in range(3)])
+    script = Script([respond(503, {"error": {"code": 503, "message": "down", "status": "UNAVAILABLE"}})
+                     for _ in range(3)])
     with pytest.raises(Transient) as info:
         fetch(sup, make(GoogleAdsConnector), script, "1234567890")
     assert "request_attempts" in info.value.final_reason  # type: ignore[attr-defined]
@@ -172,7 +174,8 @@ def test_app_throttles_in_a_row_pause_the_media() -> None:
 
     async def go() -> None:
         for i in range(sup.settings.quota.pause_after_throttles):
-            await sup.request_failed(ReportKey("meta", str(i), DAY), Throttled("(#4) app limit", retry_after=20), 1, "page 1")
+            await sup.request_failed(ReportKey("meta", str(i), DAY), Throttled("(#4) app limit", retry_after=20), 1,
+                                     "page 1")
 
     asyncio.run(go())
     assert sup.limiter.paused_s == pytest.approx(20)

@@ -31,7 +31,8 @@ DAY = date(2026, 1, 31)
 class FakeBigQuery:
     """Just enough of the BigQuery REST API for load + merge jobs, with injectable faults."""
 
-    def __init__(self, lose_first_insert_of: set[str] = frozenset(), fail_jobs: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, lose_first_insert_of: set[str] = frozenset(),
+                 fail_jobs: dict[str, dict[str, Any]] | None = None):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.lose = set(lose_first_insert_of)
         self.fail_jobs = fail_jobs or {}
@@ -54,15 +55,17 @@ class FakeBigQuery:
             done["status"]["errors"] = [self.fail_jobs[job_id]]
         return done
 
-    def request(self, method: str, url: str, data: Any = None, headers: Any = None, timeout: Any = None, **_: Any) -> requests.Response:
+    def request(self, method: str, url: str, data: Any = None, headers: Any = None, timeout: Any = None,
+                **_: Any) -> requests.Response:
         path = urlsplit(url).path
         self.calls.append((method, path))
         if method == "POST" and path.endswith("/jobs"):
             body = json.loads(data)
             job_id = body["jobReference"]["jobId"]
             if job_id in self.jobs:
-                return self._response(method, url, 409, {"error": {"code": 409, "message": f"Already Exists: Job {job_id}",
-                                                                   "errors": [{"reason": "duplicate", "message": "exists"}]}})
+                return self._response(method, url, 409,
+                                      {"error": {"code": 409, "message": f"Already Exists: Job {job_id}",
+                                                 "errors": [{"reason": "duplicate", "message": "exists"}]}})
             self.jobs[job_id] = {**body, "id": job_id, "status": {"state": "RUNNING"}}
             if job_id in self.lose:
                 self.lose.discard(job_id)
@@ -83,7 +86,8 @@ class FakeBigQuery:
                                                      "totalRows": "0", "rows": [], "schema": {"fields": []}})
         if "/tables/" in path:  # get/update (expiry, best effort) and delete of staging
             return self._response(method, url, 404 if method != "DELETE" else 200,
-                                  {"error": {"code": 404, "message": "Not found", "errors": []}} if method != "DELETE" else {})
+                                  {"error": {"code": 404, "message": "Not found", "errors": []}}
+                                  if method != "DELETE" else {})
         raise AssertionError(f"unexpected {method} {url}")
 
     def inserts(self) -> list[str]:

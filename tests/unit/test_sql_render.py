@@ -37,7 +37,8 @@ def test_every_query_renders_a_union_over_all_media(name: str) -> None:
 def test_month_to_date_filters_each_branch_from_first_of_month() -> None:
     sql = render("mtd_advertiser_media", "local-demo", "ads", MEDIA)
     assert sql.count("WHERE date BETWEEN DATE_TRUNC(@date, MONTH) AND @date") == len(MEDIA)
-    assert render("daily_campaign", "local-demo", "ads", MEDIA).count("WHERE date BETWEEN @first AND @last") == len(MEDIA)
+    assert render("daily_campaign", "local-demo", "ads", MEDIA).count("WHERE date BETWEEN @first AND @last") == \
+        len(MEDIA)
 
 
 @pytest.mark.parametrize("bad", ["meta`; DROP TABLE x; --", "Meta", "me ta", "", "x" * 64])

@@ -123,7 +123,8 @@ def test_restart_intensity_escalates() -> None:
 
 def test_restart_intensity_window() -> None:
     t = [0.0]
-    ri = RestartIntensity(settings().restarts.model_copy(update={"max_restarts": 2, "period_s": 10}), clock=lambda: t[0])
+    ri = RestartIntensity(settings().restarts.model_copy(update={"max_restarts": 2, "period_s": 10}),
+                          clock=lambda: t[0])
     assert ri.allow() and ri.allow() and not ri.allow()
     t[0] = 11
     assert ri.allow()

@@ -53,7 +53,8 @@ def test_google_style_posts_a_form_and_yahoo_style_sends_a_query() -> None:
     post, get = ep.seen
     assert post.method == "POST" and post.url.path == "/token"
     assert parse_qs(post.content.decode()) == {"grant_type": ["refresh_token"], "client_id": ["cid-123"],
-                                               "client_secret": ["very-secret-cs"], "refresh_token": ["1//very-secret-rt"]}
+                                               "client_secret": ["very-secret-cs"],
+                                               "refresh_token": ["1//very-secret-rt"]}
     assert get.method == "GET" and get.url.path == "/oauth/v1/token"
     assert dict(get.url.params) == {"grant_type": "refresh_token", "client_id": "cid-123",
                                     "client_secret": "very-secret-cs", "refresh_token": "1//very-secret-rt"}
@@ -63,7 +64,8 @@ def test_google_style_posts_a_form_and_yahoo_style_sends_a_query() -> None:
 
 @pytest.mark.parametrize(("response", "error", "words"), [
     (httpx.Response(400, json={"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
-     AuthError, ["google_ads: token refresh refused by oauth2.googleapis.com (HTTP 400) invalid_grant: Token has been"]),
+     AuthError, ["google_ads: token refresh refused by oauth2.googleapis.com (HTTP 400) "
+                 "invalid_grant: Token has been"]),
     (httpx.Response(401, json={"error": "invalid_client", "error_description": "The OAuth client was not found."}),
      AuthError, ["invalid_client"]),
     (httpx.Response(503, text="busy"), Transient, ["HTTP 503"]),

@@ -46,7 +46,8 @@ def test_defaults_are_the_current_versions(tmp_path: Path) -> None:
             settings.pop("api_version", None)
 
     cfg = load_config(write(tmp_path, unpin))
-    assert {m: s.api_version for m, s in cfg.media.items()} == {"meta": "v27.0", "google_ads": "v26", "yahoo_ads": "v20"}
+    assert {m: s.api_version for m, s in cfg.media.items()} == \
+        {"meta": "v27.0", "google_ads": "v26", "yahoo_ads": "v20"}
 
 
 def test_accepted_previous_versions_load(tmp_path: Path) -> None:
@@ -97,7 +98,8 @@ def test_connector_options_are_validated_at_load(tmp_path: Path, media: str, opt
     ("google_ads", {"refresh_token": "R", "client_id": "C", "developer_token": "D"}, ["missing client_secret"]),
     ("google_ads", {"access_token": "A", "refresh_token": "R", "client_id": "C", "client_secret": "S",
                     "developer_token": "D"}, ["either access_token or refresh_token"]),
-    ("meta", {"refresh_token": "R", "client_id": "C", "client_secret": "S"}, ["missing access_token", "unknown credential"]),
+    ("meta", {"refresh_token": "R", "client_id": "C", "client_secret": "S"},
+     ["missing access_token", "unknown credential"]),
     ("yahoo_ads", {"acess_token": "A"}, ["unknown credential 'acess_token'"]),
 ])
 def test_credential_names_are_checked_at_load(tmp_path: Path, media: str, credentials: dict[str, str],

@@ -38,7 +38,8 @@ def definition(status: str = "WAIT", job: int = 2222222222, **over: Any) -> dict
     d = {"accountId": int(ACCOUNT), "reportJobId": job, "reportJobStatus": status, "reportJobErrorDetail": None,
          "reportName": "x", "reportType": "CAMPAIGN"}
     d.update(over)
-    return env(None, {"totalNumEntries": 1, "values": [{"errors": None, "operationSucceeded": True, "reportDefinition": d}]})
+    return env(None, {"totalNumEntries": 1,
+                      "values": [{"errors": None, "operationSucceeded": True, "reportDefinition": d}]})
 
 
 def part_error(*errors: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +59,8 @@ ERRORS = [  # (id, status, body, headers, error, retry_after, code)
     ("invalid-request-0001", 400, env([err("0001", "Invalid Request.")]), {}, BadRequest, None, "0001"),
     ("full-error-at-200", 200, env([err("0001", "Invalid Request.")]), {}, BadRequest, None, "0001"),
     ("full-error-throttle-at-200", 200, env([err("0003")]), {}, Throttled, None, "0003"),
-    ("part-error-format", 200, part_error(err("F0001", "Invalid format."), err("RL001")), {}, BadRequest, None, "F0001,RL001"),
+    ("part-error-format", 200, part_error(err("F0001", "Invalid format."), err("RL001")), {}, BadRequest, None,
+     "F0001,RL001"),
     ("part-error-deactivated-account", 200, part_error(err("0113")), {}, AuthError, None, "0113"),
 ]
 
@@ -175,8 +177,8 @@ def test_a_csv_cut_in_its_last_line_is_malformed_not_drift(cut: str) -> None:
         HEADER + "2026-03-14,1,a,1,1\n2026-03-14,2,b,1,1,1,0\n",
         "",
     ],
-    ids=["renamed-cost", "missing-cost", "pre-v20-names", "other-day", "hostile-id", "fractional-imps", "thousands-separator",
-         "ragged-row", "empty"],
+    ids=["renamed-cost", "missing-cost", "pre-v20-names", "other-day", "hostile-id", "fractional-imps",
+         "thousands-separator", "ragged-row", "empty"],
 )
 def test_csv_drift_and_hostile_values(csv_text: str) -> None:
     script = Script([respond(body=definition()), respond(body=definition("COMPLETED")), respond(raw=csv_text)])
@@ -192,7 +194,8 @@ def test_day_formats(day_cell: str) -> None:
 
 
 def test_download_error_envelope_with_200() -> None:
-    script = Script([respond(body=definition()), respond(body=definition("COMPLETED")), respond(body=env([err("0002")]))])
+    script = Script([respond(body=definition()), respond(body=definition("COMPLETED")),
+                     respond(body=env([err("0002")]))])
     with pytest.raises(Transient):
         run(make(YahooAdsConnector), script, ACCOUNT)
 
