@@ -26,16 +26,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _is_ray(cmd: str) -> bool:
+    return (cmd.startswith("ray::") or "ray/core/src" in cmd or "default_worker.py" in cmd or "raylet" in cmd
+            or "gcs_server" in cmd)
+
+
 def ray_processes() -> dict[int, str]:
     """Ray's own processes (raylet, gcs, workers) on this machine."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            cmd = _cmdline(int(entry))
-            if cmd.startswith("ray::") or "ray/core/src" in cmd or "default_worker.py" in cmd or "raylet" in cmd \
-                    or "gcs_server" in cmd:
-                out[int(entry)] = cmd
-    return out
+    return {pid: cmd for pid, cmd in _all_cmdlines().items() if _is_ray(cmd)}
 
 
 AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
@@ -78,7 +76,7 @@ class Peak:
 class Sampler:
     """Samples every ``every_s`` until stopped; keeps the peaks."""
 
-    def __init__(self, every_s: float = 0.5) -> None:
+    def __init__(self, every_s: float = 2.0) -> None:
         self.peak = Peak()
         self._stop = threading.Event()
         self._every = every_s
@@ -103,15 +101,18 @@ class Sampler:
         self.sample()
 
     def sample(self) -> None:
+        """One pass over /proc (it runs in the driver's process, so it must stay cheap: its own
+        CPU would count as the driver's)."""
         me = os.getpid()
-        for pid, cmd in _all_cmdlines().items():
+        cmdlines = _all_cmdlines()
+        for pid, cmd in cmdlines.items():
             group = "driver" if pid == me else next((g for g, needle in GROUPS if needle in cmd), None)
             if group:
                 self._cpu[pid] = (group, _cpu_s(pid) - self._cpu0.get(pid, 0.0))
-        driver = _rss_kb(os.getpid()) / 1024
-        procs = ray_processes()
-        workers = [p for p, c in procs.items() if is_worker(c)]
-        actors = [p for p, c in procs.items() if c.startswith("ray::") and "Actor" in c]
+        driver = _rss_kb(me) / 1024
+        procs = [p for p, c in cmdlines.items() if _is_ray(c)]
+        workers = [p for p in procs if is_worker(cmdlines[p])]
+        actors = [p for p in procs if cmdlines[p].startswith("ray::") and "Actor" in cmdlines[p]]
         total = driver + sum(_rss_kb(p) for p in procs) / 1024
         pk = self.peak
         pk.driver_rss_mb = max(pk.driver_rss_mb, driver)

@@ -72,6 +72,15 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def start_stack() -> LocalStack:
+    """The bench's own local stack: free ports, a temporary root (never another checkout's)."""
+    root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    stack = LocalStack(StackSpec(root=root, project="local-demo", gcs_port=free_port(), bq_port=free_port(),
+                                 bq_grpc_port=free_port(), sim_ports={m: free_port() for m in MEDIA}, latency_ms=0))
+    stack.up()
+    return stack
+
+
 def run_one(name: str, spec: dict[str, Any], stack: LocalStack) -> dict[str, Any]:
     s = stack.spec
     spec = {**spec, "stack": {"gcs": s.gcs_endpoint, "bq": s.bq_endpoint, "sims": {m: s.sim_url(m) for m in MEDIA}},
@@ -161,10 +170,7 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run only these scenarios (by name)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    stack = LocalStack(StackSpec(root=root, project="local-demo", gcs_port=free_port(), bq_port=free_port(),
-                                 bq_grpc_port=free_port(), sim_ports={m: free_port() for m in MEDIA}, latency_ms=0))
-    stack.up()
+    stack = start_stack()
     results: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     try:
