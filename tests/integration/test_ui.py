@@ -249,3 +249,41 @@ def test_history_shows_current_state_gaps_and_local_times(tmp_path: Path) -> Non
     row = after[after.index(f"/runs/{night}"):]
     row = row[:row.index("</tr>")]
     assert "partial" in row and "all done" in row  # its own outcome kept, its dates' state now
+
+
+def test_hostile_ledger_text_is_escaped_and_redacted(tmp_path: Path) -> None:
+    """Ledger text reaches the page only through the templates: markup in an error message is
+    escaped, never interpreted, and credentials in it are redacted (the Environment's finalize
+    hook redacts every printed value, then autoescape escapes it)."""
+    from datetime import date
+
+    from ingest.errors import register_secret
+    from ingest.ledger import Ledger
+    from ingest.tasks import Event, ReportKey
+
+    register_secret("registered-hostile-value-0123")
+    hostile = ("<script>alert('x')</script><img src=x onerror=alert(1)> GET /v21.0/act_2/insights?"
+               "access_token=EAAB-hostile-secret&level=ad Authorization: Bearer ya29.hostile-secret "
+               "registered-hostile-value-0123")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(sa.create_engine(url))
+    ledger.migrate()
+    day = date(2026, 11, 20)
+    bad = ReportKey("meta", "2", day)
+    run = ledger.open_run("run", [day], ["meta"])
+    ledger.plan(run, [bad])
+    ledger.apply(run, Event("failed", "meta", bad, 3, error_kind="<b>auth</b>", message=hostile))
+    ledger.close_run(run, RunOutcome.PARTIAL, RunCounts())
+
+    cell = f"/runs/{run}/cells/meta/{day.isoformat()}"
+    pages = get_pages(app_for(url), ["/", f"/runs/{run}", cell, f"{cell}/2"])
+    assert [p[0] for p in pages] == [200] * 4
+    for _, body, _, _ in pages:
+        assert "<script" not in body and "<img" not in body and "<b>auth" not in body
+        for secret in ("EAAB-hostile-secret", "ya29.hostile-secret", "registered-hostile-value-0123"):
+            assert secret not in body
+    grid, task = pages[1][1], pages[3][1]
+    assert "&lt;b&gt;auth&lt;/b&gt;" in grid and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in grid
+    assert ("<span class=error-message>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; "
+            "GET /v21.0/act_2/insights?access_token=***&amp;level=ad Authorization: Bearer *** ***</span>") in task
+    assert "<svg" in pages[0][1]  # the chart is markup on purpose: inserted, not escaped
