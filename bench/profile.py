@@ -12,6 +12,7 @@ Writes bench/profile.json (the top entries per process kind) and prints them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -40,6 +41,16 @@ def _targets(driver: int) -> dict[int, str]:
     return out
 
 
+def _library_caller(frames: list[str]) -> str:
+    """The innermost frame that is neither the standard library nor the import system: who, in
+    a package or in our code, asked for the leaf's work (e.g. which call keeps stat()-ing files)."""
+    for f in reversed(frames[:-1]):
+        where = f.partition(" (")[2]
+        if "site-packages/" in where or _ours(f):
+            return _frame(f)
+    return "(stdlib only)"
+
+
 def _attribute(raw: Path) -> tuple[Counter[str], Counter[str]]:
     """py-spy's raw (collapsed) output → samples per innermost frame (where the CPU is spent)
     and per innermost frame of *our* code, ingest/ or aggregations/ (which of our functions,
@@ -53,10 +64,16 @@ def _attribute(raw: Path) -> tuple[Counter[str], Counter[str]]:
         if not stack or not n.isdigit():
             continue
         frames = stack.split(";")
-        leaf[_frame(frames[-1])] += int(n)
-        own = next((f for f in reversed(frames) if "/ingest/" in f or "/aggregations/" in f), None)
+        leaf[f"{_frame(frames[-1])} ← {_library_caller(frames)}"] += int(n)
+        own = next((f for f in reversed(frames) if _ours(f)), None)
         ours[_frame(own) if own else "(outside our code)"] += int(n)
     return leaf, ours
+
+
+def _ours(frame: str) -> bool:
+    """A frame of ingest/ or aggregations/ (py-spy prints paths relative to sys.path or absolute)."""
+    where = frame.partition(" (")[2]
+    return any(where.startswith(p) or f"/{p}" in where for p in ("ingest/", "aggregations/"))
 
 
 def _frame(frame: str) -> str:
@@ -136,8 +153,9 @@ def main() -> int:
     print(f"{doc['scenario']}: {doc['reports']} reports, {doc['per_report_ms']} ms/report; CPU s: {doc['cpu_s_by_process']}")
     for kind, rows in doc["top"].items():
         print(f"\n{kind}: share of samples by innermost frame | by innermost frame of our code")
-        for r, o in zip(rows, doc["ours"][kind], strict=False):
-            print(f"  {r['share'] * 100:5.1f}%  {r['function'][:60]:<60} | {o['share'] * 100:5.1f}%  {o['function']}")
+        for r, o in itertools.zip_longest(rows, doc["ours"][kind]):
+            left = f"{r['share'] * 100:5.1f}%  {r['function'][:110]:<110}" if r else " " * 118
+            print(f"  {left} | " + (f"{o['share'] * 100:5.1f}%  {o['function']}" if o else ""))
     return 0
 
 
