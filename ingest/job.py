@@ -276,8 +276,9 @@ class NightlyJob:
             try:
                 stream = supervisor.run.remote(fetch_order(remaining), next_attempt)
                 async for ref in stream:
-                    event: Event = await ref
-                    self._record(run_id, event, summary, remaining, next_attempt)
+                    events: list[Event] = await ref
+                    for event in events:
+                        self._record(run_id, event, summary, remaining, next_attempt)
                 if not remaining:
                     return
                 why = "its event stream ended early"

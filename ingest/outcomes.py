@@ -15,7 +15,7 @@ from enum import StrEnum
 
 
 class TaskStatus(StrEnum):
-    """A report task (media × account × date) in the ledger; changed only by ``Ledger._apply``."""
+    """A report task (media × account × date) in the ledger; changed only by ``Ledger._updates``."""
 
     PENDING = "pending"
     RUNNING = "running"

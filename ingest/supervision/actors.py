@@ -44,7 +44,7 @@ class FetcherActor:
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
         refresh = "refresh_token" in secrets  # the supervisor holds the media's token cache
-        self.quota = QuotaLink(_to_supervisor(supervisor.permit), _to_supervisor(supervisor.acquire_job),
+        self.quota = QuotaLink(_to_supervisor(supervisor.permits), _to_supervisor(supervisor.acquire_job),
                                _to_supervisor(supervisor.release_job),
                                _to_supervisor(supervisor.access_token) if refresh else None,
                                _to_supervisor(supervisor.request_failed), late_s=settings.quota.late_send_s)
@@ -134,15 +134,17 @@ class SupervisorActor:
         return handle
 
     async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None):  # type: ignore[no-untyped-def]
+        """Streams lists of events (each burst in one object: see ``MediaSupervisor.run_batches``)."""
         # bound here, not only in __init__: async methods run on another thread's context; the
         # supervisor's slot tasks are created inside core.run and inherit this binding
         structlog.contextvars.bind_contextvars(**self._log_context, media=self.media)  # no reset across yields
-        async for event in self.core.run(keys, first_attempt):
-            self.metrics.observe(event)
-            yield event
+        async for batch in self.core.run_batches(keys, first_attempt):
+            for event in batch:
+                self.metrics.observe(event)
+            yield batch
 
-    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
-        return await self.core.permit(utilization, account)
+    async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[float]:
+        return await self.core.permits(utilization, accounts)
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
                              cut_reads: int = 0) -> tuple[bool, float, str]:

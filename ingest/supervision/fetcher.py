@@ -59,23 +59,27 @@ def resolve_secrets(media: str, settings: MediaSettings, environ: dict[str, str]
 class QuotaLink:
     """A fetcher process's line to its media's budget, which lives in the supervisor.
 
-    ``permit(utilization)`` before every request (the highest usage the platform reported
-    since the last permit rides along, so usage near the limit slows the whole media), and
-    ``acquire_job``/``release_job`` around each async report job. The three callables return
-    awaitables: ``ObjectRef``s of the supervisor actor's methods in production, the plain
-    ``MediaSupervisor`` methods in tests.
+    A permit before every request: the requests of this process that wait at the same moment
+    ask in one call (``permits(utilization, accounts)``; one call in flight, the next carries
+    everything that arrived meanwhile), so a busy fetcher costs the supervisor one Ray call per
+    burst, not one per request. The highest usage the platform reported since the last call
+    rides along, so usage near the limit slows the whole media. ``acquire_job``/``release_job``
+    around each async report job. The callables return awaitables: ``ObjectRef``s of the
+    supervisor actor's methods in production, the plain ``MediaSupervisor`` methods in tests.
     """
 
     def __init__(
         self,
-        permit: Callable[[float | None, str | None], Awaitable[float]],
+        permits: Callable[[float | None, list[str | None]], Awaitable[list[float]]],
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
         request_failed: Callable[[ReportKey, IngestError, int, str, int], Awaitable[tuple[bool, float, str]]] | None = None,
         late_s: float = 0.02,
     ) -> None:
-        self._permit = permit
+        self._permits = permits
+        self._waiting: list[tuple[str | None, asyncio.Future[float]]] = []
+        self._asking: asyncio.Task[None] | None = None
         self._late_s = late_s
         self._request_failed = request_failed
         self._acquire_job = acquire_job
@@ -104,12 +108,39 @@ class QuotaLink:
         """Wait for this request's slot of the media's schedule; return the latest time it may
         still be sent (its slot + ``late_send_s``): a send later than that would arrive bunched
         with the next permits and overrun the platform's window."""
-        utilization, self._utilization = self._utilization, None
-        send_at = await self._permit(utilization, account)
-        delay = (send_at or 0.0) - time.time()
+        while (send_at := await self._permit(account)) < 0:
+            await asyncio.sleep(-send_at)  # the account is paused (its throttle's hint): ask again then
+        delay = send_at - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        return (send_at or time.time()) + self._late_s
+        return send_at + self._late_s
+
+    async def _permit(self, account: str | None) -> float:
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting.append((account, waiter))
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.create_task(self._ask())
+        return await waiter
+
+    async def _ask(self) -> None:
+        """Send what waits, one call at a time, until nothing does."""
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            utilization, self._utilization = self._utilization, None
+            try:
+                got = await self._permits(utilization, [account for account, _ in batch])
+            except asyncio.CancelledError:
+                for _, waiter in batch + self._waiting:
+                    waiter.cancel()
+                raise
+            except Exception as exc:  # e.g. SupervisorGone: every waiter of the call gets it
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for (_, waiter), send_at in zip(batch, got, strict=True):
+                if not waiter.done():  # its request was cancelled meanwhile: the slot goes unused
+                    waiter.set_result(send_at)
 
     def on_usage(self, usage: Usage) -> None:
         self._utilization = max(self._utilization or 0.0, usage.utilization)

@@ -109,21 +109,31 @@ class MediaSupervisor:
         self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0}
 
     # -- quota: every request of every fetcher of this media comes through here ----------
-    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
-        """Reserve one request of the media's budget; return its send time (``time.time()``).
+    async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[float]:
+        """Reserve one request of the media's budget per entry (a fetcher's requests waiting at
+        the same moment: one call, not one each); return each one's send time (``time.time()``).
 
         The caller sleeps until then itself: the reservation travels to the fetcher ahead of
         its slot, so the Ray call's own delivery delay (tens of ms on a busy node) cannot
         bunch requests together and overrun the platform's window. An account paused by an
-        account-scoped throttle gets a send time after its pause; other accounts do not wait.
+        account-scoped throttle gets ``-seconds`` left instead: it asks again then and gets a
+        slot of the schedule like any request (its requests never go out together when the
+        pause ends); the other accounts do not wait.
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
-        while account is not None and (paused := self._account_pause.get(account, 0.0) - self.clock()) > 0:
-            # held here, then given a slot of the media's schedule like any request: a paused
-            # account's requests never go out together when its pause ends
-            await asyncio.sleep(paused)
-        return time.time() + self.limiter.reserve()
+        out = []
+        for account in accounts:
+            paused = self._account_pause.get(account, 0.0) - self.clock() if account is not None else 0.0
+            out.append(-paused if paused > 0 else time.time() + self.limiter.reserve())
+        return out
+
+    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
+        """One permit, waiting out its account's pause (:meth:`permits` for a single request)."""
+        while (send_at := (await self.permits(utilization, [account]))[0]) < 0:
+            utilization = None
+            await asyncio.sleep(-send_at)
+        return send_at
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
                              cut_reads: int = 0) -> tuple[bool, float, str]:
@@ -174,6 +184,15 @@ class MediaSupervisor:
     # -- the run --------------------------------------------------------------------------
     async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None) -> AsyncIterator[Event]:
         """Fetch every key; yield events until each key is done or failed."""
+        async for batch in self.run_batches(keys, first_attempt):
+            for event in batch:
+                yield event
+
+    async def run_batches(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None,
+                          max_batch: int = 500) -> AsyncIterator[list[Event]]:
+        """As :meth:`run`, each yield carrying every event that happened since the last one (in
+        order): across Ray each yield is one object, so a busy night costs one per burst of
+        reports rather than one per event; a quiet one still sends each event as it happens."""
         first_attempt = first_attempt or {}
         self._pending = len(keys)
         if not keys:
@@ -187,10 +206,11 @@ class MediaSupervisor:
         self._restart_locks = {i: asyncio.Lock() for i in range(n)}
         slots = [asyncio.create_task(self._slot(i % n)) for i in range(n * self.settings.concurrency)]
         try:
-            while self._pending > 0:
-                yield await self._events.get()
-            while not self._events.empty():
-                yield self._events.get_nowait()
+            while self._pending > 0 or not self._events.empty():
+                batch = [await self._events.get()]
+                while len(batch) < max_batch and not self._events.empty():
+                    batch.append(self._events.get_nowait())
+                yield batch
         finally:
             for task in slots:
                 task.cancel()

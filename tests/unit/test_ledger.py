@@ -98,6 +98,34 @@ def _record(ledger: Ledger, run_id: str, outcomes: dict[ReportKey, str]) -> None
         # "running": the driver died before the report finished
 
 
+def test_one_batch_of_events_lands_in_order_as_one_by_one_would(ledger: Ledger) -> None:
+    """The driver writes what arrived together in one transaction, with one statement per run of
+    same-shaped updates: a report's retry is still written before its outcome, a range
+    report's failure reaches each of its days, and every event is in the history, in order."""
+    from ingest.tasks import DayResult
+
+    run = ledger.open_run("run", [D1, D2], ["meta"])
+    a, b, window = ReportKey("meta", "1", D2), ReportKey("meta", "2", D2), ReportKey("meta", "3", D1, span=2)
+    ledger.plan(run, [a, b, window])
+    days = tuple(DayResult(d, Totals(2, 1, 1, Decimal("1"), Decimal("0")), f"h{d.day}", f"gs://b/{d}.csv") for d in (D1, D2))
+    ledger.apply_many(run, [
+        Event("retry", "meta", a, 1, error_kind="transient", message="HTTP 503"),
+        Event("retry", "meta", window, 1, error_kind="throttled", message="429"),
+        Event("done", "meta", a, 2, result=_result(a, 4)),
+        Event("failed", "meta", b, 1, error_kind="auth", message="token revoked"),
+        Event("done", "meta", window, 2, result=ReportResult(window, Totals(4, 2, 2, Decimal("2"), Decimal("0")), 9, 3,
+                                                             ("raw.json",), 0.5, days)),
+        Event("restart", "meta", message="fetcher 0 replaced"),
+    ])
+    rows = {(r["account_id"], r["date"]): r for r in ledger.task_rows(dates=[D1, D2])}
+    assert {k: (r["status"], r["attempts"], r["error_kind"]) for k, r in rows.items()} == {
+        ("1", D2): ("done", 2, None), ("2", D2): ("failed", 1, "auth"), ("3", D1): ("done", 2, None),
+        ("3", D2): ("done", 2, None)}
+    assert (rows[("3", D1)]["content_hash"], rows[("3", D1)]["rows"], rows[("3", D1)]["revisions"]) == ("h19", 2, 1)
+    assert [e["kind"] for e in ledger.events(run)] == ["retry", "retry", "done", "failed", "done", "restart"]
+    assert sorted(p[1] for p in ledger.pending_partitions(["meta"], [D1, D2])) == [D1, D2]
+
+
 def test_unfinished_is_what_rerun_failed_redoes(ledger: Ledger) -> None:
     run = ledger.open_run("backfill", [D1, D2], ["meta", "google_ads"])
     _record(ledger, run, {

@@ -102,7 +102,7 @@ async def _never(_: int) -> Any:
 
 def link(sup: MediaSupervisor) -> QuotaLink:
     """What a FetcherActor builds, minus Ray: the supervisor's methods called directly."""
-    return QuotaLink(sup.permit, sup.acquire_job, sup.release_job)
+    return QuotaLink(sup.permits, sup.acquire_job, sup.release_job)
 
 
 def test_gate_holds_the_rate_in_real_time() -> None:
@@ -116,6 +116,39 @@ def test_gate_holds_the_rate_in_real_time() -> None:
         return time.monotonic() - t0
 
     assert asyncio.run(go()) >= 0.95  # 21 permits at 20/s with burst 1 need ≥ 1 s
+
+
+def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
+    """A busy fetcher costs the supervisor one call per burst of requests, not one per request
+    (each still gets its own slot of the schedule); an account paused by its throttle does not
+    hold back the other requests of its call."""
+    from ingest.errors import Throttled
+
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=1000, burst=100), _never)
+    calls: list[int] = []
+
+    async def permits(utilization: float | None, accounts: list[str | None]) -> list[float]:
+        calls.append(len(accounts))
+        await asyncio.sleep(0.005)  # a Ray call's round trip: more requests arrive meanwhile
+        return await sup.permits(utilization, accounts)
+
+    async def go() -> tuple[float, float]:
+        await sup.request_failed(ReportKey("meta", "111", DAY), Throttled("(#80000) too many calls", retry_after=0.3,
+                                                                          scope="account"), 1, "page 1")
+        gate = QuotaLink(permits, sup.acquire_job, sup.release_job).gate
+        t0 = time.monotonic()
+
+        async def timed(account: str) -> float:
+            await gate(account)
+            return time.monotonic() - t0
+
+        done = await asyncio.gather(*(timed("222") for _ in range(60)), timed("111"))
+        return max(done[:-1]), done[-1]
+
+    others, paused = asyncio.run(go())
+    assert sum(calls) == 61 + 1 and len(calls) <= 4  # 61 requests (+ the paused one asking again)
+    assert others < 0.2 and paused >= 0.28
+    assert sup.limiter.granted == 61
 
 
 def test_usage_headers_slow_the_whole_media() -> None:
@@ -224,10 +257,10 @@ def test_a_late_permit_is_given_up_not_sent_bunched() -> None:
     window. The measured cause of the bench's last self-caused throttles."""
     calls: list[float] = []
 
-    async def permit(_u: float | None, _a: str | None) -> float:
+    async def permit(_u: float | None, accounts: list[str | None]) -> list[float]:
         calls.append(time.time())
         # the first permit's slot is already 50 ms past when it arrives; the next is on time
-        return time.time() - (0.05 if len(calls) == 1 else 0.0)
+        return [time.time() - (0.05 if len(calls) == 1 else 0.0) for _ in accounts]
 
     async def _job(_k: Any) -> None:
         return None
@@ -248,8 +281,8 @@ def test_a_late_permit_is_given_up_not_sent_bunched() -> None:
 
 
 def test_a_process_always_late_still_sends() -> None:
-    async def permit(_u: float | None, _a: str | None) -> float:
-        return time.time() - 1.0
+    async def permit(_u: float | None, accounts: list[str | None]) -> list[float]:
+        return [time.time() - 1.0 for _ in accounts]
 
     async def _job(_k: Any) -> None:
         return None
@@ -302,5 +335,5 @@ def test_a_dead_supervisor_is_not_a_failed_report() -> None:
         return [type(err.value).__name__, *store.names]
 
     assert asyncio.run(go(gone)) == ["SupervisorGone"]  # no failed/ object
-    kind, *names = asyncio.run(go(lambda *_: asyncio.sleep(0, result=0.0)))
+    kind, *names = asyncio.run(go(lambda _u, accounts: asyncio.sleep(0, result=[0.0] * len(accounts))))
     assert kind != "SupervisorGone" and names == [f"failed/meta/dt={DAY.isoformat()}/1234.json"]

@@ -50,7 +50,7 @@ def supervisor(connector: str, **retry: Any) -> MediaSupervisor:
 def fetch(sup: MediaSupervisor, conn: Any, script: Script, account: str,
           day: date = DAY) -> tuple[list[Row], HttpSession]:
     """What ReportFetcher does for one report, with the supervisor's methods called directly."""
-    link = QuotaLink(sup.permit, sup.acquire_job, sup.release_job, None, sup.request_failed)
+    link = QuotaLink(sup.permits, sup.acquire_job, sup.release_job, None, sup.request_failed)
     key = ReportKey(conn.media, account, day)
 
     async def go() -> tuple[list[Row], HttpSession]:
