@@ -67,6 +67,14 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
             "media": {m: {"accounts": accounts, "quota_rps": 400 if m != "yahoo_ads" else 1200, "concurrency": 96}
                       for m in MEDIA},
         }))
+    # issue 17: the same fetch at generous quotas on the rehearsal cluster with 1, 2, 4 fetcher nodes
+    for workers in (1, 2, 4):
+        out.append((f"cluster {workers}", {
+            "kind": "cluster", "workers": workers, "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS,
+            "days": 10, "last_date": "2026-11-20",
+            "media": {"google_ads": {"accounts": max(4, int(300 * k)), "quota_rps": 1000, "concurrency": 64,
+                                     "fetchers": 2 * workers}},
+        }))
     pg = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     out.append(("publish", {"kind": "publish", "database_url": pg, "rows": int(1_000_000 * k)}))
     return out
@@ -119,7 +127,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     head = f"{'scenario':<15}" + "".join(f"{c[0]:>11}" for c in cols)
     lines = [head, "-" * len(head)]
     for name, r in results.items():
-        if "reports" not in r:
+        if "reports" not in r or name.startswith("cluster "):
             continue
         lines.append(f"{name:<15}" + "".join(f"{fmt(r.get(key), spec):>11}" for _, key, spec in cols))
     nightly = results.get("nightly", {})
@@ -155,6 +163,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     if "cpu_s_by_process" in scale:
         cpu = ", ".join(f"{k} {v:.0f}s" for k, v in scale["cpu_s_by_process"].items())
         lines.append(f"where the scale run's CPU went ({os.cpu_count()} cores): {cpu}")
+    nodes = [(r["workers"], r) for name, r in results.items() if name.startswith("cluster ") and "reports_per_s" in r]
+    if nodes:
+        base = nodes[0][1]["reports_per_s"]
+        per = ", ".join(f"{w} node{'s' if w > 1 else ''} {r['reports_per_s']:.0f} reports/s ({r['reports_per_s'] / base:.2f}×)"
+                        for w, r in nodes)
+        lines.append(f"cluster (fake multi-node autoscaler, {nodes[0][1]['reports']} Google Ads reports, generous quota, "
+                     f"throughput first→last report landed): {per}")
     pub = results.get("publish", {})
     if "rows" in pub:
         ratio = pub["publish_rows_per_s"] / pub["copy_rows_per_s"]

@@ -79,6 +79,7 @@ def build_config(spec: dict[str, Any], workdir: Path) -> Any:
         "media": media_over,
         "max_backfill_days": 400,
         "base_dir": str(workdir),
+        **({"ray": spec["ray"]} if spec.get("ray") else {}),
     })
 
 
@@ -294,6 +295,41 @@ def run_naive(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return out
 
 
+def run_cluster(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Issue 17: fetch throughput at generous quotas on the rehearsal cluster (Ray's autoscaler
+    over its fake multi-node provider, node types from ray-cluster.yaml) with ``workers`` fetcher
+    nodes. Throughput is measured from the first report landed to the last (the nodes' start-up
+    is reported apart): what the night gains per node once they are up."""
+    import os
+
+    from sandbox.cluster import FakeCluster
+
+    workers = spec["workers"]
+    cluster = FakeCluster(env=dict(os.environ), head_cpus=1, idle_timeout_minutes=5, max_workers=workers)
+    cluster.start()
+    try:
+        os.environ.update({k: v for k, v in cluster.client_env().items() if k in ("RAY_AUTH_MODE", "RAY_ADDRESS")})
+        from ingest.job import NightlyJob, RunRequest
+
+        configure_sims(spec)
+        # every fetcher takes one fetcher_slot: 2 per scaled node, so 2 × workers fetchers fill the nodes
+        cfg = build_config({**spec, "ray": {"address": cluster.gcs_address, "fetcher_resource": "fetcher_slot"}},
+                           workdir)
+        job = NightlyJob(cfg)
+        started = time.perf_counter()
+        report = job.execute(RunRequest("backfill", dates_of(spec), cfg.media_names(), force=True, stage2=False))
+        wall = time.perf_counter() - started
+        finished = sorted(t["finished_at"] for t in job.ledger.task_rows(dates=dates_of(spec)) if t["finished_at"])
+        reports = sum(m.planned for m in report.media.values())
+        span = (finished[-1] - finished[0]).total_seconds() if len(finished) > 1 else wall
+        return {"workers": workers, "fetchers": sum(m.get("fetchers", 1) for m in spec["media"].values()),
+                "reports": reports, "failed_reports": report.media.failed, "wall_s": round(wall, 1),
+                "landing_s": round(span, 1), "reports_per_s": round(len(finished) / span, 1) if span else None,
+                "nodes_seen": workers}
+    finally:
+        cluster.stop()
+
+
 def run_publish(spec: dict[str, Any], _workdir: Path) -> dict[str, Any]:
     from bench.publish import bench_publish
 
@@ -307,7 +343,7 @@ def main() -> None:
     kind = spec["kind"]
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
         result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish,
-                  "late": run_late}[kind](spec, Path(tmp))
+                  "late": run_late, "cluster": run_cluster}[kind](spec, Path(tmp))
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 

@@ -196,6 +196,8 @@ def _upsert(engine: Engine, table: sa.Table, values: dict[str, Any], keys: list[
 class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: (run, media, date) partitions this process has marked pending for stage 2 in a run
+        self._marked_pending: set[tuple[str, str, date]] = set()
 
     def migrate(self) -> None:
         """Apply Alembic migrations up to head (idempotent; run on every CLI start)."""
@@ -354,13 +356,21 @@ class Ledger:
             for event in events:
                 updates.extend(self._updates(run_id, event, at, changed, landed, republish))
             conn.execute(task_events.insert(), [_event_row(run_id, e, at) for e in events])
-            for shape, group in itertools.groupby(updates, key=lambda u: u[0]):
-                params = [p for _, p in group]
-                if shape == "stage":
-                    for p in params:  # one per changed partition (few): an upsert each
-                        conn.execute(_upsert(self.engine, stage_steps, p, ["media", "date"]))
-                else:
-                    conn.execute(_TASK_UPDATE, params)
+            stage = [p for shape, p in updates if shape == "stage"
+                     and (run_id, p["media"], p["date"]) not in self._marked_pending]
+            for _shape, group in itertools.groupby((u for u in updates if u[0] != "stage"), key=lambda u: u[0]):
+                conn.execute(_TASK_UPDATE, [p for _, p in group])
+            if stage:
+                conn.execute(self._stage_pending(), stage)
+        # after COMMIT: a partition this run marked pending stays so until its stage 2 (this run's,
+        # after the fetch), so later batches need not write it again
+        self._marked_pending.update((run_id, p["media"], p["date"]) for p in stage)
+
+    def _stage_pending(self) -> sa.Insert:
+        """Mark partitions pending for stage 2 (insert or update), executed many at once."""
+        ins = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(stage_steps)
+        cols = ("run_id", "status", "loaded_rows", "message", "updated_at")
+        return ins.on_conflict_do_update(index_elements=["media", "date"], set_={c: ins.excluded[c] for c in cols})
 
     @staticmethod
     def _landed(conn: sa.Connection, events: list[Event]) -> dict[tuple[str, str, date], tuple[str | None, int]]:

@@ -100,8 +100,9 @@ def scaled_worker_types(cluster_yaml: Path = CLUSTER_YAML, max_workers: int = MA
     return out
 
 
-def autoscaling_config(gcs_address: str, idle_timeout_minutes: float = 0.5, head_cpus: int = 1) -> dict[str, Any]:
-    workers = scaled_worker_types()
+def autoscaling_config(gcs_address: str, idle_timeout_minutes: float = 0.5, head_cpus: int = 1,
+                       max_workers: int = MAX_WORKERS) -> dict[str, Any]:
+    workers = scaled_worker_types(max_workers=max_workers)
     return {
         "cluster_name": "ad-ingest-rehearsal",
         "max_workers": sum(w["max_workers"] for w in workers.values()),
@@ -144,6 +145,8 @@ class FakeCluster:
     idle_timeout_minutes: float = 0.5
     head_resources: dict[str, float] = field(default_factory=dict)
     autoscale: bool = True
+    #: worker nodes the autoscaler may add, per worker type (the bench's scaling runs use 1, 2, 4)
+    max_workers: int = MAX_WORKERS
     temp_dir: str = ""
     dashboard_url: str = ""
     gcs_address: str = ""
@@ -171,7 +174,7 @@ class FakeCluster:
         if self.autoscale:
             config = Path(self.temp_dir) / "autoscaling.yaml"
             config.write_text(yaml.safe_dump(autoscaling_config(self.gcs_address, self.idle_timeout_minutes,
-                                                                self.head_cpus)))
+                                                                self.head_cpus, self.max_workers)))
             cmd.append(f"--autoscaling-config={config}")
             env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
         self.env = env

@@ -306,6 +306,24 @@ def pg_env(emulators: Any, make_config: Callable[..., PipelineConfig], pg_url: s
     return Env(make_config(emulators, pg_url))
 
 
+def test_the_accounts_table_is_rewritten_only_when_the_accounts_change(emulators: Any, sqlite_url: str,
+                                                                       make_config: Callable[..., PipelineConfig]) -> None:
+    """Stage 2's setup is a migration, not a nightly cost: a night with the same accounts reads
+    the table's digest and runs no job; a changed account list rewrites it."""
+    env = Env(make_config(emulators, sqlite_url))
+    env.upload(D1)
+    first = env.run([("meta", D1)])
+    again = env.run([("meta", D1)], run_id="run-2")
+    assert first.accounts_refreshed and not again.accounts_refreshed
+    assert again.bq_query_jobs == first.bq_query_jobs - 1  # the mapping's statement, and only it
+    assert "setup_accounts" in again.durations_s
+    meta = env.cfg.media["meta"]
+    moved = meta.accounts[0].model_copy(update={"advertiser": "moved_advertiser"})
+    env.cfg.media["meta"] = meta.model_copy(update={"accounts": [moved, *meta.accounts[1:]]})
+    changed = env.run([("meta", D1)], run_id="run-3")
+    assert changed.accounts_refreshed and changed.partitions[("meta", D1)].status == "published"
+
+
 def test_pg_connection_killed_after_copy_before_commit_retries_to_one_copy(pg_env: Env, pg_url: str) -> None:
     env = pg_env
     env.upload(D1)
