@@ -250,12 +250,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
         cfg = load_config(args.config)
         _refuse_silent_local_default(cfg, args)
         return dispatch(cfg, args)
-    except LockedError as exc:
+    except (LockedError, ConfigError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_LOCKED
-    except ConfigError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FOR_ERROR[type(exc)]
     except Exception as exc:  # noqa: BLE001 - an unreachable/missing resource is one line, a bug stays a traceback
         from ingest.infra_errors import explain
 
@@ -264,6 +261,11 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
             raise
         print(f"error: {redact(line)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+#: the operator errors that stop a command before anything runs → its exit code (README, Runbook);
+#: by exact type, never by inheritance
+EXIT_FOR_ERROR: dict[type[Exception], int] = {ConfigError: EXIT_USAGE, UsageError: EXIT_USAGE, LockedError: EXIT_LOCKED}
 
 
 def _resources(cfg: PipelineConfig | None) -> dict[str, str | None]:

@@ -237,3 +237,13 @@ def test_writing_commands_refuse_the_local_default_when_its_stack_is_not_up(
     (tmp_path / ".sandbox" / "stack.json").write_text("{}")
     assert main(["rerun", "--failed"]) == EXIT_SUCCESS
     assert "nothing failed" in capsys.readouterr().out
+
+
+def test_exit_codes_come_from_one_explicit_mapping() -> None:
+    """Every operator error type has its own entry: a new ConfigError subclass must be given one."""
+    from ingest.cli import EXIT_FOR_ERROR
+    from ingest.errors import ConfigError
+    from ingest.ledger import LockedError
+
+    assert set(ConfigError.__subclasses__()) <= set(EXIT_FOR_ERROR)
+    assert EXIT_FOR_ERROR[LockedError] == EXIT_LOCKED and EXIT_FOR_ERROR[ConfigError] == 2
