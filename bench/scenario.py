@@ -302,13 +302,16 @@ def run_cluster(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     is reported apart): what the night gains per node once they are up."""
     import os
 
+    # the head listens on 127.0.0.1 only; a driver on the same machine must say 127.0.0.1 too (Ray
+    # would swap loopback for the machine's address). Set before Ray is imported (read once).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"  # the rehearsal cluster's; Ray reads it once per process
     from sandbox.cluster import FakeCluster
 
     workers = spec["workers"]
     cluster = FakeCluster(env=dict(os.environ), head_cpus=1, idle_timeout_minutes=5, max_workers=workers)
     cluster.start()
     try:
-        os.environ.update({k: v for k, v in cluster.client_env().items() if k in ("RAY_AUTH_MODE", "RAY_ADDRESS")})
         from ingest.job import NightlyJob, RunRequest
 
         configure_sims(spec)
