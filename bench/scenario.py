@@ -320,7 +320,7 @@ def run_cluster(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
                            workdir)
         job = NightlyJob(cfg)
         started = time.perf_counter()
-        report = job.execute(RunRequest("backfill", dates_of(spec), cfg.media_names(), force=True, stage2=False))
+        report = job.execute(RunRequest("backfill", dates_of(spec), list(spec["media"]), force=True, stage2=False))
         wall = time.perf_counter() - started
         finished = sorted(t["finished_at"] for t in job.ledger.task_rows(dates=dates_of(spec)) if t["finished_at"])
         reports = sum(m.planned for m in report.media.values())

@@ -209,7 +209,7 @@ def test_month_to_date_across_month_boundary_and_later_as_of_recompute(env: Env)
     env.upload(D0)
     res = env.run([("meta", D0)], run_id="run-2")
     assert res.partitions[("meta", D0)].status == "published"
-    assert res.bq_query_jobs == 1 + 1 + 3 + 2  # mapping, merge, 3 daily, MTD as of D0 and D1
+    assert res.bq_query_jobs == 1 + 3 + 2  # merge, 3 daily, MTD as of D0 and D1 (same accounts: no mapping statement)
     mtd = {(x["as_of_date"], x["advertiser"], x["media"], x["currency"]): x
            for x in env.rows(mart_mtd_advertiser_media, "as_of_date")}
     assert set(mtd) == {

@@ -214,6 +214,7 @@ def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
                 sup._in_flight.add(key)  # what MediaSupervisor._handle does around a fetch
                 try:
                     http = HttpSession(client, gate=quota.gate, on_usage=quota.on_usage, job_slot=quota.job_slot(key))
+                    sessions.append(http)
                     rows = await conn.fetch(http, key.account, DAY)
                     assert len(rows) == 1
                 finally:
@@ -221,10 +222,14 @@ def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
 
             await asyncio.gather(*(one(i) for i in range(12)))
 
+    sessions: list[HttpSession] = []
     asyncio.run(go())
     assert state["peak"] == 3  # bounded, and actually reached
     assert state["open"] == 0 and sup.jobs.in_use == 0
-    assert sup.limiter.granted == state["requests"] == 12 * 3  # add + poll + download: every one gated
+    # add + poll + download: every one gated (on a loaded machine a permit used too late is
+    # given up and another taken: those are counted apart)
+    assert state["requests"] == 12 * 3
+    assert sup.limiter.granted == state["requests"] + sum(h.late_permits for h in sessions)
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(10.0, 3), (12.0, 1), (36.0, 5)])
