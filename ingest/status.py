@@ -28,7 +28,7 @@ from ingest.clients import rdb_engine
 from ingest.config import PipelineConfig
 from ingest.errors import ConfigError
 from ingest.job import EXIT_PARTIAL, EXIT_SUCCESS
-from ingest.outcomes import TASK_OPEN, TASK_STATE_ORDER, PartitionStatus, RunCounts, TaskStatus
+from ingest.outcomes import TASK_OPEN, TASK_STATE_ORDER, PartitionStatus, TaskStatus
 from ingest.ledger import Ledger
 
 
@@ -43,7 +43,7 @@ def _aware(v: datetime) -> datetime:
 
 def _run_doc(r: dict[str, Any]) -> dict[str, Any]:
     doc = {k: _iso(v) for k, v in r.items() if k != "counts"}
-    doc["counts"] = RunCounts.from_doc(r["counts"]).to_doc()
+    doc["counts"] = json.loads(r["counts"] or "{}")  # as stored: per media counts (RunCounts), or why it was refused
     doc["seconds"] = round((_aware(r["finished_at"]) - _aware(r["started_at"])).total_seconds(), 1) if r["finished_at"] else None
     return doc
 
