@@ -140,7 +140,9 @@ class BigQueryStage:
     dataset: str
     run_id: str
     location: str | None = None
-    retry: RetrySettings = field(default_factory=lambda: RetrySettings(max_attempts=4, backoff_min_s=1, backoff_max_s=30))
+    retry: RetrySettings = field(
+        default_factory=lambda: RetrySettings(max_attempts=4, backoff_min_s=1, backoff_max_s=30)
+    )
     sleep: Callable[[float], None] = time.sleep
     job_timeout_s: float = 600.0
     jobs: JobCounts = field(default_factory=JobCounts)
@@ -288,7 +290,9 @@ class BigQueryStage:
         )
 
         def submit(job_id: str) -> Any:
-            return self.client.load_table_from_uri(uri, self.ref(stage), job_id=job_id, job_config=config, location=self.location)
+            return self.client.load_table_from_uri(
+                uri, self.ref(stage), job_id=job_id, job_config=config, location=self.location
+            )
 
         what = f"{first}" if len(days) == 1 else f"{len(days)} dates {first}..{last}"
         job = self.run_job("load", key, f"load {media} {what}", submit, "load")
@@ -332,13 +336,18 @@ class BigQueryStage:
         sql = render(name, self.project, self.dataset, media)
         if QUERIES[name].raw_filter == DAYS:
             last = last or day
-            params = [bigquery.ScalarQueryParameter("first", "DATE", day), bigquery.ScalarQueryParameter("last", "DATE", last)]
+            params = [
+                bigquery.ScalarQueryParameter("first", "DATE", day),
+                bigquery.ScalarQueryParameter("last", "DATE", last),
+            ]
             key = f"{day:%Y%m%d}" + (f"_{last:%Y%m%d}" if last != day else "")
         else:
             params = [bigquery.ScalarQueryParameter("date", "DATE", day)]
             key = f"{day:%Y%m%d}"
         job = self._run_query(f"q_{name}", key, sql, params)
-        return [dict(row.items()) for row in _api(f"fetch {name}", lambda: list(job.result(timeout=self.job_timeout_s)))]
+        return [
+            dict(row.items()) for row in _api(f"fetch {name}", lambda: list(job.result(timeout=self.job_timeout_s)))
+        ]
 
 
 def _delay(attempt: int, settings: RetrySettings) -> float:

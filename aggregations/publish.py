@@ -54,7 +54,9 @@ def _delay(attempt: int, settings: RetrySettings) -> float:
 @dataclass
 class Publisher:
     engine: sa.Engine
-    retry: RetrySettings = field(default_factory=lambda: RetrySettings(max_attempts=5, backoff_min_s=0.5, backoff_max_s=30))
+    retry: RetrySettings = field(
+        default_factory=lambda: RetrySettings(max_attempts=5, backoff_min_s=0.5, backoff_max_s=30)
+    )
     on_staged: StagedHook | None = None
     sleep: Callable[[float], None] = time.sleep
     #: transactions attempted (retries included)

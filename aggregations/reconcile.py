@@ -37,8 +37,10 @@ def bq_totals(rows: Iterable[dict[str, Any]]) -> dict[date, dict[str, Totals]]:
     out: dict[date, dict[str, Totals]] = {}
     for r in rows:
         day = r["date"].date() if isinstance(r["date"], datetime) else r["date"]
-        out.setdefault(day, {})[r["media"]] = Totals(int(r["row_count"]), int(r["impressions"] or 0), int(r["clicks"] or 0),
-                                                     Decimal(r["spend"] or 0), Decimal(r["conversions"] or 0))
+        out.setdefault(day, {})[r["media"]] = Totals(
+            int(r["row_count"]), int(r["impressions"] or 0), int(r["clicks"] or 0),
+            Decimal(r["spend"] or 0), Decimal(r["conversions"] or 0),
+        )
     return out
 
 
@@ -71,7 +73,10 @@ def reconcile(fetched: Totals | None, csv: Totals, bq: Totals, mart: Totals) -> 
         problems += differences("fetched", fetched, "gcs", csv)
     problems += differences("gcs", csv, "bigquery", bq)
     problems += differences("bigquery", bq, "mart", mart, rows=False)
-    counts = f"fetched={fetched.rows if fetched is not None else 'n/a'} gcs={csv.rows} bigquery={bq.rows} mart_campaign_rows={mart.rows}"
+    counts = (
+        f"fetched={fetched.rows if fetched is not None else 'n/a'} gcs={csv.rows} bigquery={bq.rows} "
+        f"mart_campaign_rows={mart.rows}"
+    )
     if problems:
         return Reconciliation(False, "reconciliation mismatch: " + "; ".join(problems) + f" ({counts})")
     note = "" if fetched is not None else " (no fetched totals given: fetch→gcs not checked)"

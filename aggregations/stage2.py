@@ -116,7 +116,9 @@ def _published_mtd_dates(engine: sa.Engine, days: set[date]) -> set[date]:
         by_month[key] = min(d, by_month.get(key, d))
     with engine.connect() as conn:
         for first in by_month.values():
-            stmt = sa.select(t.c.as_of_date).distinct().where(t.c.as_of_date > first, t.c.as_of_date <= _month_end(first))
+            stmt = (
+                sa.select(t.c.as_of_date).distinct().where(t.c.as_of_date > first, t.c.as_of_date <= _month_end(first))
+            )
             out.update(conn.execute(stmt).scalars())
     return out
 
@@ -194,7 +196,9 @@ class _Stage2:
         self.out = Stage2Result(run_id=run_id, partitions=self.results)
         self.engine = engine or rdb_engine(cfg.database_url())
         self.store = store or ReportStore(gcs_client(cfg.gcs, cfg.project), cfg.gcs.bucket)
-        self.stage = BigQueryStage(bq, cfg.bigquery.project, cfg.bigquery.dataset, run_id, location=cfg.bigquery.location)
+        self.stage = BigQueryStage(
+            bq, cfg.bigquery.project, cfg.bigquery.dataset, run_id, location=cfg.bigquery.location
+        )
         self.publisher = Publisher(self.engine, on_staged=on_staged)
         if retry is not None:
             self.stage.retry = retry
@@ -232,8 +236,10 @@ class _Stage2:
                     names = partition_csvs(self.store, media, day)
                     if not names:
                         self.results[p].status = PartitionStatus.SKIPPED
-                        self.results[p].detail = (f"no CSV under gs://{self.cfg.gcs.bucket}/{partition_prefix(media, day)}: "
-                                                  f"previous data kept")
+                        self.results[p].detail = (
+                            f"no CSV under gs://{self.cfg.gcs.bucket}/{partition_prefix(media, day)}: "
+                            f"previous data kept"
+                        )
                         continue
                     self.results[p].csv_objects = len(names)
                     self.csv_tot[p] = csv_totals(self.store, names)
@@ -308,7 +314,9 @@ class _Stage2:
                 as_of = good_days | _published_mtd_dates(self.engine, good_days)
             except sa.exc.SQLAlchemyError as exc:
                 as_of = set()
-                self.fail([p for p in loaded if p[1] in good_days], f"read published MTD dates: {type(exc).__name__}: {exc}")
+                self.fail(
+                    [p for p in loaded if p[1] in good_days], f"read published MTD dates: {type(exc).__name__}: {exc}"
+                )
             for a in sorted(as_of):
                 try:
                     self.mtd_rows += _clean(self.stage.query("mtd_advertiser_media", a, self.media_all))
@@ -322,13 +330,15 @@ class _Stage2:
         pairs = {(day, m) for m, day in loaded if day in self.raw_tot and self.results[(m, day)].error is None}
         ok_days = {d for d, _ in pairs}
         with self.step("publish"):
-            jobs: list[tuple[sa.Table, list[dict[str, Any]], tuple[str, ...], set[tuple[Any, ...]], list[Partition]]] = [
-                (mart_daily_campaign, [r for r in self.campaign_rows if (r["date"], r["media"]) in pairs], ("date", "media"),
-                 set(pairs), [(m, d) for d, m in pairs]),
+            jobs: list[
+                tuple[sa.Table, list[dict[str, Any]], tuple[str, ...], set[tuple[Any, ...]], list[Partition]]
+            ] = [
+                (mart_daily_campaign, [r for r in self.campaign_rows if (r["date"], r["media"]) in pairs],
+                 ("date", "media"), set(pairs), [(m, d) for d, m in pairs]),
                 (mart_daily_advertiser, [r for r in self.advertiser_rows if r["date"] in ok_days], ("date",),
                  {(d,) for d in ok_days}, [p for p in loaded if p[1] in ok_days]),
-                (mart_mtd_advertiser_media, [r for r in self.mtd_rows if r["as_of_date"] in self.mtd_done], ("as_of_date",),
-                 {(a,) for a in self.mtd_done}, [p for p in loaded if p[1] in ok_days]),
+                (mart_mtd_advertiser_media, [r for r in self.mtd_rows if r["as_of_date"] in self.mtd_done],
+                 ("as_of_date",), {(a,) for a in self.mtd_done}, [p for p in loaded if p[1] in ok_days]),
             ]
             for table, rows, key_cols, keys, owners in jobs:
                 try:
@@ -348,7 +358,9 @@ class _Stage2:
                 candidates = []
             for p in candidates:
                 media, day = p
-                rec = reconcile(fetched.get(p), self.csv_tot[p], self.raw_tot.get(day, {}).get(media, Totals()), marts[p])
+                rec = reconcile(
+                    fetched.get(p), self.csv_tot[p], self.raw_tot.get(day, {}).get(media, Totals()), marts[p]
+                )
                 if rec.ok:
                     self.results[p].status, self.results[p].detail = PartitionStatus.PUBLISHED, rec.detail
                 else:

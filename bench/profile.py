@@ -114,7 +114,9 @@ def profile(scenario: str, top: int, rate: int) -> dict[str, Any]:
                         [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking",
                          "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw)
             time.sleep(0.5)
-        result_line = [ln for ln in (proc.stdout.read() if proc.stdout else "").splitlines() if ln.startswith("RESULT ")]
+        result_line = [
+            ln for ln in (proc.stdout.read() if proc.stdout else "").splitlines() if ln.startswith("RESULT ")
+        ]
         for _, sp, _ in spies.values():
             try:
                 sp.wait(timeout=30)  # py-spy writes its file when the target exits
@@ -150,7 +152,8 @@ def main() -> int:
     args = ap.parse_args()
     doc = profile(args.scenario, args.top, args.rate)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"{doc['scenario']}: {doc['reports']} reports, {doc['per_report_ms']} ms/report; CPU s: {doc['cpu_s_by_process']}")
+    print(f"{doc['scenario']}: {doc['reports']} reports, {doc['per_report_ms']} ms/report; "
+          f"CPU s: {doc['cpu_s_by_process']}")
     for kind, rows in doc["top"].items():
         print(f"\n{kind}: share of samples by innermost frame | by innermost frame of our code")
         for r, o in itertools.zip_longest(rows, doc["ours"][kind]):

@@ -70,8 +70,8 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     # issue 17: the same fetch at generous quotas on the rehearsal cluster with 1, 2, 4 fetcher nodes
     for workers in (1, 2, 4):
         out.append((f"cluster {workers}", {
-            "kind": "cluster", "workers": workers, "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS,
-            "days": 10, "last_date": "2026-11-20",
+            "kind": "cluster", "workers": workers, "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0,
+            "faults": FAULTS, "days": 10, "last_date": "2026-11-20",
             "media": {"google_ads": {"accounts": max(4, int(300 * k)), "quota_rps": 1000, "concurrency": 64,
                                      "fetchers": 2 * workers}},
         }))
@@ -166,10 +166,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     nodes = [(r["workers"], r) for name, r in results.items() if name.startswith("cluster ") and "reports_per_s" in r]
     if nodes:
         base = nodes[0][1]["reports_per_s"]
-        per = ", ".join(f"{w} node{'s' if w > 1 else ''} {r['reports_per_s']:.0f} reports/s ({r['reports_per_s'] / base:.2f}×)"
+        per = ", ".join(f"{w} node{'s' if w > 1 else ''} {r['reports_per_s']:.0f} reports/s "
+                        f"({r['reports_per_s'] / base:.2f}×)"
                         for w, r in nodes)
-        lines.append(f"cluster (fake multi-node autoscaler, {nodes[0][1]['reports']} Google Ads reports, generous quota, "
-                     f"throughput first→last report landed): {per}")
+        lines.append(f"cluster (fake multi-node autoscaler, {nodes[0][1]['reports']} Google Ads reports, "
+                     f"generous quota, throughput first→last report landed): {per}")
     pub = results.get("publish", {})
     if "rows" in pub:
         ratio = pub["publish_rows_per_s"] / pub["copy_rows_per_s"]

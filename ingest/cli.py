@@ -65,40 +65,48 @@ def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)  # so --config also works after the command
     common.add_argument("--config", default=argparse.SUPPRESS, help="config YAML")
 
-    run = sub.add_parser("run", parents=[common], epilog=EPILOG, help="the nightly job: every media and account for one date",
-                         description="Fetch every configured media and account for one date (default: yesterday in the "
-                                     "configured time zone), then load, aggregate and publish. Reports already done for "
-                                     "that date are skipped, so running it again after a crash resumes.")
+    run = sub.add_parser("run", parents=[common], epilog=EPILOG,
+                         help="the nightly job: every media and account for one date",
+                         description="Fetch every configured media and account for one date (default: yesterday in "
+                                     "the configured time zone), then load, aggregate and publish. Reports already "
+                                     "done for that date are skipped, so running it again after a crash resumes.")
     run.add_argument("--date", type=parse_date, help="report date YYYY-MM-DD (default: yesterday)")
-    run.add_argument("--force", action="store_true", help="re-fetch reports already done (idempotent: nothing duplicates)")
+    run.add_argument("--force", action="store_true",
+                     help="re-fetch reports already done (idempotent: nothing duplicates)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
     run.add_argument("--dry-run", action="store_true",
                      help="plan the night (reports, dates, requests, time at quota) without calling any API or writing")
     run.add_argument("--no-lookback", action="store_true",
-                     help="fetch the date only, without refetching each media's lookback_days window (late conversions)")
+                     help="fetch the date only, without refetching each media's lookback_days window "
+                          "(late conversions)")
 
-    rerun = sub.add_parser("rerun", parents=[common], epilog=EPILOG, help="re-run one media for one date (and account), or only what failed",
+    rerun = sub.add_parser("rerun", parents=[common], epilog=EPILOG,
+                           help="re-run one media for one date (and account), or only what failed",
                            description="Either re-fetch exactly one media for one date (optionally one account), then "
-                                       "re-load and re-aggregate only the affected partitions — other media are untouched; "
-                                       "or, with --failed, fetch only the reports that failed or never finished.")
+                                       "re-load and re-aggregate only the affected partitions — other media are "
+                                       "untouched; or, with --failed, fetch only the reports that failed or never "
+                                       "finished.")
     rerun.add_argument("--media", help="media name as in the config")
     rerun.add_argument("--date", type=parse_date, help="report date YYYY-MM-DD")
     rerun.add_argument("--account", help="only this account id")
-    rerun.add_argument("--failed", action="store_true", help="only what failed or never finished (all dates, or --date)")
+    rerun.add_argument("--failed", action="store_true",
+                       help="only what failed or never finished (all dates, or --date)")
     rerun.add_argument("--json", action="store_true", help="print the run summary as JSON")
     rerun.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
 
-    backfill = sub.add_parser("backfill", parents=[common], epilog=EPILOG, help="fetch a range of dates in one run (resumable)",
-                              description="Fetch every date from --from to --to (inclusive) in one run, inside the same "
-                                          "quota budget. Reports already done are skipped, so an interrupted backfill "
-                                          "resumes when started again.")
+    backfill = sub.add_parser("backfill", parents=[common], epilog=EPILOG,
+                              help="fetch a range of dates in one run (resumable)",
+                              description="Fetch every date from --from to --to (inclusive) in one run, inside the "
+                                          "same quota budget. Reports already done are skipped, so an interrupted "
+                                          "backfill resumes when started again.")
     backfill.add_argument("--from", dest="date_from", type=parse_date, required=True, help="first date YYYY-MM-DD")
     backfill.add_argument("--to", dest="date_to", type=parse_date, required=True, help="last date YYYY-MM-DD")
     backfill.add_argument("--media", help="only this media")
     backfill.add_argument("--force", action="store_true", help="re-fetch reports already done")
     backfill.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    backfill.add_argument("--take-over", action="store_true", help="take partition locks held by a run you know is dead")
+    backfill.add_argument("--take-over", action="store_true",
+                          help="take partition locks held by a run you know is dead")
 
     status = sub.add_parser("status", parents=[common], help="what ran and what failed: per media × date, or one run",
                             description="Counts by state, attempts, durations and the last errors per media × date. "
@@ -116,20 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument("--days", type=int, default=7, help="how many days back from yesterday to check (default 7)")
     fresh.add_argument("--media", help="only this media")
     fresh.add_argument("--json", action="store_true", help="machine-readable output")
-    fresh.add_argument("--notify", action="store_true", help="post what is missing to the webhook ($INGEST_WEBHOOK_URL)")
+    fresh.add_argument("--notify", action="store_true",
+                       help="post what is missing to the webhook ($INGEST_WEBHOOK_URL)")
 
     sub.add_parser("migrate", parents=[common], help="bring the ledger's schema up to this version (runs do it too)")
 
     doctor = sub.add_parser("doctor", parents=[common], epilog=EPILOG,
-                            help="check this setup before the night: versions, credentials, endpoints, GCS, BigQuery, RDB",
+                            help="check this setup before the night: versions, credentials, endpoints, GCS, "
+                                 "BigQuery, RDB",
                             description="Runs every check (each bounded to a few seconds, none writes anything) and "
-                                        "prints PASS/WARN/FAIL with the reason. Exit 0 when nothing failed, 3 otherwise.")
+                                        "prints PASS/WARN/FAIL with the reason. Exit 0 when nothing failed, "
+                                        "3 otherwise.")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
     ui = sub.add_parser("ui", parents=[common], help="the read-only run-history web page (docs/operations.md)",
-                        description="Serve the run history, each run's media × date grid, failures and a 30-night chart "
-                                    "from the ledger. Read-only. Binding to anything but 127.0.0.1/localhost requires "
-                                    "an access token in $INGEST_UI_TOKEN (exit 2 without it).")
+                        description="Serve the run history, each run's media × date grid, failures and a "
+                                    "30-night chart from the ledger. Read-only. Binding to anything but "
+                                    "127.0.0.1/localhost requires an access token in $INGEST_UI_TOKEN "
+                                    "(exit 2 without it).")
     ui.add_argument("--host", default=None, help="address to bind (default: ui.host in the config, 127.0.0.1)")
     ui.add_argument("--port", type=int, default=None, help="port (default: ui.port in the config, 8080)")
     return p
@@ -171,9 +183,11 @@ def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None
         return
     print(f"\nrun {report.run_id}: {report.outcome.upper()} (exit {report.exit_code})  "
           f"fetch {report.fetch_s:.1f}s, stage 2 {report.stage2_s:.1f}s")
-    print(f"  {'media':<12} {'reports':>7} {'done':>5} {'skipped':>7} {'failed':>6} {'retries':>7} {'rows':>6} {'requests':>8}")
+    print(f"  {'media':<12} {'reports':>7} {'done':>5} {'skipped':>7} "
+          f"{'failed':>6} {'retries':>7} {'rows':>6} {'requests':>8}")
     for m, s in report.media.items():
-        print(f"  {m:<12} {s.planned:>7} {s.done:>5} {s.skipped:>7} {s.failed:>6} {s.retries:>7} {s.rows:>6} {s.requests:>8}")
+        print(f"  {m:<12} {s.planned:>7} {s.done:>5} {s.skipped:>7} "
+              f"{s.failed:>6} {s.retries:>7} {s.rows:>6} {s.requests:>8}")
     print(f"  rows loaded into BigQuery: {doc['rows_loaded']}  (BigQuery jobs: {doc['bigquery_jobs']})")
     for table, n in doc["summary_rows_published"].items():
         print(f"  published {n:>6} rows → {table}")
@@ -181,8 +195,10 @@ def print_summary(cfg: PipelineConfig, report: RunReport, as_json: bool) -> None
         if part["status"] == PartitionStatus.FAILED:
             print(f"  STAGE 2 FAILED {name}: {part['detail']}")
     for f in report.failures[:10]:
-        print(f"  FAILED {f['media']}/{f['account_id']}/{f['date']} after {f['attempts']} attempts: {f['error_message']}")
-    print(f"  query them: {doc['database']}  (tables mart_daily_campaign, mart_daily_advertiser, mart_mtd_advertiser_media)")
+        print(f"  FAILED {f['media']}/{f['account_id']}/{f['date']} after {f['attempts']} attempts: "
+              f"{f['error_message']}")
+    print(f"  query them: {doc['database']}  "
+          f"(tables mart_daily_campaign, mart_daily_advertiser, mart_mtd_advertiser_media)")
 
 
 def _safe_url(url: str) -> str:
@@ -220,7 +236,8 @@ def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             return EXIT_SUCCESS
         involved = {k.media for k in keys} | {m for m, _ in parts}
         dates = sorted({k.day for k in keys} | {d for _, d in parts})
-        req = RunRequest("rerun", dates, [m for m in media if m in involved], only=frozenset(keys), take_over=args.take_over)
+        req = RunRequest("rerun", dates, [m for m in media if m in involved], only=frozenset(keys),
+                         take_over=args.take_over)
         return run_job(cfg, req, args.json)
     if not args.media or not args.date:
         raise UsageError("rerun needs --media and --date (or --failed)")
@@ -232,7 +249,8 @@ def _rerun(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         if args.account not in cfg.media[media[0]].account_ids():
             raise UsageError(f"account {args.account!r} is not configured for media {media[0]!r}")
         accounts = [args.account]
-    return run_job(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True, take_over=args.take_over), args.json)
+    return run_job(cfg, RunRequest("rerun", [day], media, accounts=accounts, force=True, take_over=args.take_over),
+                   args.json)
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
@@ -317,7 +335,8 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         from ingest.doctor import as_json, print_checks, run_checks
         from ingest.job import EXIT_PARTIAL
 
-        checks = run_checks(cfg, dict(os.environ), source=args.config or os.environ.get("INGEST_CONFIG") or "config/local.yaml")
+        checks = run_checks(cfg, dict(os.environ),
+                            source=args.config or os.environ.get("INGEST_CONFIG") or "config/local.yaml")
         if args.json:
             print(json.dumps(as_json(checks), indent=2))
         else:

@@ -272,7 +272,9 @@ class PipelineConfig(Strict):
     timezone: str = "Asia/Tokyo"
     max_backfill_days: int = Field(93, ge=1)
     run_deadline_s: float = Field(4 * 3600, gt=0)
-    lock_stale_s: float = Field(600, gt=0, description="a run's partition locks go stale after this long without a heartbeat")
+    lock_stale_s: float = Field(
+        600, gt=0, description="a run's partition locks go stale after this long without a heartbeat"
+    )
     gcs: GcsSettings
     bigquery: BigQuerySettings
     database: DatabaseSettings
@@ -333,7 +335,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw.setdefault("base_dir", str(path.resolve().parent.parent if path.parent.name == "config" else path.resolve().parent))
+    raw.setdefault("base_dir",
+                   str(path.resolve().parent.parent if path.parent.name == "config" else path.resolve().parent))
     if overrides:
         raw = _merge(raw, overrides)
     return follow_local_stack(parse_config(raw, source=str(path)))
@@ -370,7 +373,8 @@ def follow_local_stack(cfg: PipelineConfig) -> PipelineConfig:
         "gcs": cfg.gcs.model_copy(update={"endpoint": moved(cfg.gcs.endpoint)}),
         "bigquery": cfg.bigquery.model_copy(update={"endpoint": moved(cfg.bigquery.endpoint)}),
         "sandbox": cfg.sandbox.model_copy(update={
-            "gcs_port": recorded.get("gcs_port", cfg.sandbox.gcs_port), "bq_port": recorded.get("bq_port", cfg.sandbox.bq_port),
+            "gcs_port": recorded.get("gcs_port", cfg.sandbox.gcs_port),
+            "bq_port": recorded.get("bq_port", cfg.sandbox.bq_port),
             "bq_grpc_port": recorded.get("bq_grpc_port", cfg.sandbox.bq_grpc_port),
             "sim_ports": {**cfg.sandbox.sim_ports, **recorded.get("sim_ports", {})}}),
     })
@@ -418,7 +422,8 @@ def check_connectors(cfg: PipelineConfig, source: str, today: date) -> PipelineC
         errors += [f"{where}.credentials: {e}" for e in _credential_problems(cls, settings)]
         unknown = sorted(set(settings.options) - cls.option_names)
         if unknown:
-            errors.append(f"{where}.options.{unknown[0]}: unknown option (known: {', '.join(sorted(cls.option_names))})")
+            errors.append(f"{where}.options.{unknown[0]}: unknown option "
+                          f"(known: {', '.join(sorted(cls.option_names))})")
         else:
             try:  # the connector's own checks of option values, run here instead of inside an actor
                 cls(ConnectorSettings(name, settings.base_url, check.version, {}, dict(settings.options)))

@@ -91,7 +91,8 @@ def _credentials(cfg: PipelineConfig, media: str, environ: dict[str, str]) -> tu
     async def refresh() -> str:
         try:
             token = await asyncio.wait_for(cache.get(), TIMEOUT_S * 2)
-            return f"token refreshed at {settings.token_url or cls.token_url}, valid {max(0, int(token.expires_at - time.time()))} s"
+            return (f"token refreshed at {settings.token_url or cls.token_url}, "
+                    f"valid {max(0, int(token.expires_at - time.time()))} s")
         finally:
             await cache.close()
 
@@ -162,7 +163,8 @@ def print_checks(checks: list[Check]) -> None:
         print(f"{c.status:<4}  {c.name:<{width}}  {c.detail}")
     failed = sum(c.status == "FAIL" for c in checks)
     warned = sum(c.status == "WARN" for c in checks)
-    print(f"{len(checks)} checks: {failed} failed, {warned} warnings" + (" — fix the FAIL lines before tonight" if failed else ""))
+    print(f"{len(checks)} checks: {failed} failed, {warned} warnings"
+          + (" — fix the FAIL lines before tonight" if failed else ""))
 
 
 # -- run --dry-run -------------------------------------------------------------------------------
@@ -203,7 +205,9 @@ def plan_night(cfg: PipelineConfig, *, day: date | None, lookback: bool) -> tupl
     for m in media:
         settings = cfg.media[m]
         mine = [k for k in keys if k.media == m]
-        per_report = build_connector(m, settings, {k: Secret("dry-run") for k in settings.credentials}).minimum_requests()
+        per_report = build_connector(
+            m, settings, {k: Secret("dry-run") for k in settings.credentials}
+        ).minimum_requests()
         requests = per_report * len(mine)
         rps = settings.quota.requests_per_second
         out.append(MediaPlan(m, len(settings.accounts), len(mine), sum(k.span > 1 for k in mine),
@@ -214,7 +218,8 @@ def plan_night(cfg: PipelineConfig, *, day: date | None, lookback: bool) -> tupl
 def print_plan(plans: list[MediaPlan], dates: list[date]) -> None:
     span = f"{dates[0]}..{dates[-1]}" if dates else "-"
     print(f"dry run: nothing fetched, nothing written. Dates touched: {span} ({len(dates)})")
-    print(f"{'media':<12} {'accounts':>8} {'reports':>8} {'ranges':>7} {'dates':>6} {'requests':>9} {'quota/s':>8} {'at quota':>9}")
+    print(f"{'media':<12} {'accounts':>8} {'reports':>8} {'ranges':>7} {'dates':>6} {'requests':>9} "
+          f"{'quota/s':>8} {'at quota':>9}")
     for p in plans:
         print(f"{p.media:<12} {p.accounts:>8} {p.reports:>8} {p.refetch_ranges:>7} {p.dates:>6} {p.requests:>9} "
               f"{p.quota_rps:>8.1f} {math.ceil(p.seconds_at_quota):>8}s")

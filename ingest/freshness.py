@@ -194,7 +194,9 @@ def notification_text(report: FreshnessReport) -> str:
     for a, state, dates in report.problems():
         for d in dates:
             by_day.setdefault(d, []).append(f"{a.media}/{a.account} {state}")
-    return "\n".join(f"no data for {d.isoformat()}: {', '.join(items)}" for d, items in sorted(by_day.items(), reverse=True))
+    return "\n".join(
+        f"no data for {d.isoformat()}: {', '.join(items)}" for d, items in sorted(by_day.items(), reverse=True)
+    )
 
 
 def _dates(dates: list[date]) -> str:

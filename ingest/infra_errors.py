@@ -37,7 +37,8 @@ def explain(exc: BaseException, *, database: str | None = None, bucket: str | No
                     "GOOGLE_APPLICATION_CREDENTIALS (gcloud auth application-default login on a laptop)")
         if isinstance(e, gexc.Forbidden):
             return (f"Google Cloud refused access ({_first_line(e)}) — grant the job's service account "
-                    f"roles on gs://{bucket} (storage.objectAdmin) and {dataset} (bigquery.dataEditor, bigquery.jobUser)")
+                    f"roles on gs://{bucket} (storage.objectAdmin) and {dataset} "
+                    f"(bigquery.dataEditor, bigquery.jobUser)")
         if isinstance(e, gexc.NotFound):
             return f"not found: {_first_line(e)} — create it, or fix gcs.bucket / bigquery.dataset in the config"
         if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:

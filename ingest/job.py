@@ -138,7 +138,9 @@ def fetch_order(keys: list[ReportKey] | set[ReportKey]) -> list[ReportKey]:
 
 
 class NightlyJob:
-    def __init__(self, cfg: PipelineConfig, *, progress: Progress | None = None, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, *, progress: Progress | None = None, environ: dict[str, str] | None = None
+    ) -> None:
         self.cfg = cfg
         self.progress = progress or NoProgress()
         self.environ = dict(os.environ if environ is None else environ)
@@ -219,7 +221,8 @@ class NightlyJob:
         report.outcome, report.exit_code = self._outcome(report)
         report.failures = [
             {k: r[k] for k in ("media", "account_id", "date", "attempts", "error_kind", "error_message")}
-            for r in self.ledger.task_rows(dates=touched) if r["status"] == TaskStatus.FAILED and r["media"] in req.media
+            for r in self.ledger.task_rows(dates=touched)
+            if r["status"] == TaskStatus.FAILED and r["media"] in req.media
         ]
         self.ledger.close_run(run_id, report.outcome, report.media)
         log.info("run_finished", outcome=report.outcome, exit_code=report.exit_code, **report.media.to_doc())
@@ -227,7 +230,9 @@ class NightlyJob:
         return report
 
     # -- fetch ------------------------------------------------------------------------------
-    def _fetch(self, run_id: str, todo: list[ReportKey], secrets: dict[str, dict[str, Secret]], report: RunReport) -> None:
+    def _fetch(
+        self, run_id: str, todo: list[ReportKey], secrets: dict[str, dict[str, Secret]], report: RunReport
+    ) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -271,8 +276,8 @@ class NightlyJob:
         self.progress.start(media, len(keys))
         self.ledger.mark_running(run_id, media)
         for generation in range(SUPERVISOR_RESTARTS + 1):
-            supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project, deadline,
-                                          {"run_id": run_id}, placement, generation)
+            supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project,
+                                          deadline, {"run_id": run_id}, placement, generation)
             try:
                 stream = supervisor.run.remote(fetch_order(remaining), next_attempt)
                 async for ref in stream:
@@ -290,7 +295,8 @@ class NightlyJob:
             finally:
                 ray.kill(supervisor)  # its fetchers share its fate
             log.error("supervisor_died", media=media, generation=generation, remaining=len(remaining), reason=why)
-            self._record(run_id, Event("restart", media, message=f"{why}; recreating with {len(remaining)} reports left"),
+            self._record(run_id,
+                         Event("restart", media, message=f"{why}; recreating with {len(remaining)} reports left"),
                          summary, remaining, next_attempt)
         for key in sorted(remaining):
             event = Event("failed", media, key, next_attempt.get(key, 1) - 1, error_kind="unavailable",
@@ -328,7 +334,8 @@ class NightlyJob:
             return None
         from aggregations.stage2 import run_stage2
 
-        result = run_stage2(self.cfg, partitions, run_id, self.ledger.fetched_totals(partitions), engine=self.engine, store=store)
+        result = run_stage2(self.cfg, partitions, run_id, self.ledger.fetched_totals(partitions),
+                            engine=self.engine, store=store)
         for (media, day), part in result.partitions.items():
             self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.error or part.detail)
         return result
@@ -402,7 +409,8 @@ class _Heartbeat:
         import threading
 
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(ledger, run_id, every_s), daemon=True, name="lock-heartbeat")
+        self._thread = threading.Thread(target=self._loop, args=(ledger, run_id, every_s), daemon=True,
+                                        name="lock-heartbeat")
         self._thread.start()
 
     def _loop(self, ledger: Ledger, run_id: str, every_s: float) -> None:

@@ -221,7 +221,9 @@ class Ledger:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         head = ScriptDirectory.from_config(cfg).get_current_head()
         with self.engine.connect() as conn:
-            current = MigrationContext.configure(conn, opts={"version_table": "ingest_alembic_version"}).get_current_revision()
+            current = MigrationContext.configure(
+                conn, opts={"version_table": "ingest_alembic_version"}
+            ).get_current_revision()
         if current == head:
             return None
         where = self.engine.url.render_as_string(hide_password=True)
@@ -229,7 +231,9 @@ class Ledger:
                 f"run `python -m ingest migrate` (or any run, which migrates first)")
 
     # -- one run per (media, date) at a time ----------------------------------------------
-    def acquire(self, run_id: str, partitions: Iterable[tuple[str, date]], *, stale_after_s: float, take_over: bool = False) -> list[str]:
+    def acquire(
+        self, run_id: str, partitions: Iterable[tuple[str, date]], *, stale_after_s: float, take_over: bool = False
+    ) -> list[str]:
         """Lock every partition for ``run_id`` or none. Return the runs whose stale locks were taken.
 
         A lock whose heartbeat is older than ``stale_after_s`` (its driver died) — or any lock
@@ -255,15 +259,18 @@ class Ledger:
                     entry = held.setdefault(row["run_id"], (row["holder"], now().timestamp() - beat_ts, []))
                     entry[2].append(f"{media} {day}")
                     continue
-                upd = locks.update().where(locks.c.media == media, locks.c.date == day, locks.c.run_id == row["run_id"],
-                                           locks.c.heartbeat_at == beat).values(run_id=run_id, holder=holder, heartbeat_at=now())
+                upd = locks.update().where(
+                    locks.c.media == media, locks.c.date == day, locks.c.run_id == row["run_id"],
+                    locks.c.heartbeat_at == beat,
+                ).values(run_id=run_id, holder=holder, heartbeat_at=now())
                 if conn.execute(upd.returning(locks.c.run_id)).first() is None:
                     raise LockedError(f"{media} {day}: another run took the lock at the same moment; try again")
                 taken.add(row["run_id"])
             if held:
                 raise LockedError(
                     "refused: " + "; ".join(
-                        f"{', '.join(p)} {'is' if len(p) == 1 else 'are'} held by run {rid} ({who}, heartbeat {age:.0f}s ago)"
+                        f"{', '.join(p)} {'is' if len(p) == 1 else 'are'} held by run {rid} "
+                        f"({who}, heartbeat {age:.0f}s ago)"
                         for rid, (who, age, p) in sorted(held.items()))
                     + f". Wait for it to finish, or pass --take-over if that run is dead (its locks go stale "
                       f"{stale_after_s:.0f}s after its last heartbeat).", code=",".join(sorted(held)))
@@ -399,14 +406,15 @@ class Ledger:
             return [("retry", {**_where(k), "status": TaskStatus.RETRYING, "attempts": event.attempt,
                                "error_kind": event.error_kind, "error_message": event.message}) for k in key.day_keys()]
         if event.kind == "failed" or event.result is None:
-            return [("failed", {**_where(k), "status": TaskStatus(event.kind), "attempts": event.attempt, "finished_at": at,
-                                "error_kind": event.error_kind, "error_message": (event.message or "")[:4000]})
+            return [("failed", {**_where(k), "status": TaskStatus(event.kind), "attempts": event.attempt,
+                                "finished_at": at, "error_kind": event.error_kind,
+                                "error_message": (event.message or "")[:4000]})
                     for k in key.day_keys()]
         r = event.result
         out: list[tuple[str, dict[str, Any]]] = []
         for d in r.days or (DayResult(key.day, r.totals, "", ""),):  # results without days: older callers
-            out.extend(self._land_day(run_id, ReportKey(key.media, key.account, d.day), d, r, event.attempt, at, changed,
-                                      landed, republish))
+            out.extend(self._land_day(run_id, ReportKey(key.media, key.account, d.day), d, r, event.attempt, at,
+                                      changed, landed, republish))
         return out
 
     def _land_day(self, run_id: str, key: ReportKey, d: DayResult, r: ReportResult, attempt: int, at: datetime,
@@ -431,15 +439,17 @@ class Ledger:
         if (differs or republish) and (key.media, key.day) not in changed:
             # the partition changed: stage 2 must (re)load it, even if this driver dies now
             changed.add((key.media, key.day))
-            out.append(("stage", {"media": key.media, "date": key.day, "run_id": run_id, "status": PartitionStatus.PENDING,
-                                  "loaded_rows": None, "message": "new reports fetched", "updated_at": at}))
+            out.append(("stage", {"media": key.media, "date": key.day, "run_id": run_id,
+                                  "status": PartitionStatus.PENDING, "loaded_rows": None,
+                                  "message": "new reports fetched", "updated_at": at}))
         return out
 
     def mark_running(self, run_id: str, media: str) -> None:
         """The run's planned reports of ``media`` are now with its supervisor (one statement)."""
         with self.engine.begin() as conn:
             conn.execute(report_tasks.update().where(
-                report_tasks.c.run_id == run_id, report_tasks.c.media == media, report_tasks.c.status == TaskStatus.PENDING
+                report_tasks.c.run_id == run_id, report_tasks.c.media == media,
+                report_tasks.c.status == TaskStatus.PENDING,
             ).values(status=TaskStatus.RUNNING, started_at=now()))
 
     def fetched_totals(self, partitions: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:
@@ -458,7 +468,8 @@ class Ledger:
         for r in rows:
             p = (r["media"], r["date"])
             if p in parts:
-                t = Totals(r["rows"] or 0, r["impressions"] or 0, r["clicks"] or 0, Decimal(r["spend"] or 0), Decimal(r["conversions"] or 0))
+                t = Totals(r["rows"] or 0, r["impressions"] or 0, r["clicks"] or 0, Decimal(r["spend"] or 0),
+                           Decimal(r["conversions"] or 0))
                 out[p] = out.get(p, Totals()) + t
         return out
 
@@ -469,7 +480,9 @@ class Ledger:
         if run_id is not None:
             q = q.where(report_tasks.c.run_id == run_id)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q.order_by(report_tasks.c.date, report_tasks.c.media, report_tasks.c.account_id)).mappings()]
+            return [dict(r) for r in conn.execute(
+                q.order_by(report_tasks.c.date, report_tasks.c.media, report_tasks.c.account_id)
+            ).mappings()]
 
     def unfinished(self, media: Iterable[str], day: date | None = None) -> tuple[set[ReportKey], set[tuple[str, date]]]:
         """What ``rerun --failed`` re-does: reports not done (failed, or left pending/running by a
@@ -501,10 +514,15 @@ class Ledger:
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(task_events).where(task_events.c.run_id == run_id).order_by(task_events.c.id)).mappings()]
+            return [dict(r) for r in conn.execute(
+                sa.select(task_events).where(task_events.c.run_id == run_id).order_by(task_events.c.id)
+            ).mappings()]
 
     # -- stage 2 ---------------------------------------------------------------------------
-    def record_stage(self, run_id: str, media: str, day: date, status: PartitionStatus, loaded_rows: int | None, message: str | None) -> None:
+    def record_stage(
+        self, run_id: str, media: str, day: date, status: PartitionStatus, loaded_rows: int | None,
+        message: str | None,
+    ) -> None:
         with self.engine.begin() as conn:
             conn.execute(_upsert(self.engine, stage_steps, {
                 "media": media, "date": day, "run_id": run_id, "status": status, "loaded_rows": loaded_rows,
@@ -538,5 +556,7 @@ class Ledger:
 
     def stage_rows(self, dates: Iterable[date]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(stage_steps).where(stage_steps.c.date.in_(set(dates)))).mappings()]
+            return [dict(r) for r in conn.execute(
+                sa.select(stage_steps).where(stage_steps.c.date.in_(set(dates)))
+            ).mappings()]
 

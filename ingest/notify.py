@@ -89,7 +89,8 @@ def run_message(
     day = dates[0] if dates[0] == dates[1] else f"{dates[0]}..{dates[1]}"
     emoji = _EMOJI.get(outcome, ":grey_question:")
     text = (f"{emoji} ingest {kind} {day}: {outcome.upper()} — {done}/{planned} reports ok, {failed} failed"
-            f"{f', {len(stage2_failed)} stage-2 partitions failed' if stage2_failed else ''}, took {_duration(duration_s)}"
+            f"{f', {len(stage2_failed)} stage-2 partitions failed' if stage2_failed else ''}"
+            f", took {_duration(duration_s)}"
             f" (run {run_id})")
     if error:
         text += f": {_esc(error, 200)}"
@@ -99,7 +100,8 @@ def run_message(
         {"type": "header", "text": {"type": "plain_text", "text": f"ingest {kind} {day}: {outcome.upper()}"}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": f"*Run*\n`{_esc(run_id)}`"},
-            {"type": "mrkdwn", "text": f"*Outcome*\n{emoji} {outcome}" + (f" (exit {exit_code})" if exit_code is not None else "")},
+            {"type": "mrkdwn",
+             "text": f"*Outcome*\n{emoji} {outcome}" + (f" (exit {exit_code})" if exit_code is not None else "")},
             {"type": "mrkdwn", "text": f"*Reports*\n{done}/{planned} ok, {failed} failed"},
             {"type": "mrkdwn", "text": f"*Duration*\n{_duration(duration_s)}"},
         ]},

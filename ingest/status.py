@@ -44,7 +44,9 @@ def _aware(v: datetime) -> datetime:
 def _run_doc(r: dict[str, Any]) -> dict[str, Any]:
     doc = {k: _iso(v) for k, v in r.items() if k != "counts"}
     doc["counts"] = json.loads(r["counts"] or "{}")  # as stored: per media counts (RunCounts), or why it was refused
-    doc["seconds"] = round((_aware(r["finished_at"]) - _aware(r["started_at"])).total_seconds(), 1) if r["finished_at"] else None
+    doc["seconds"] = (
+        round((_aware(r["finished_at"]) - _aware(r["started_at"])).total_seconds(), 1) if r["finished_at"] else None
+    )
     return doc
 
 
@@ -68,14 +70,17 @@ def summarize(ledger: Ledger, *, day: date | None = None, run_id: str | None = N
     stages = {(s["media"], s["date"]): s for s in ledger.stage_rows(dates)} if dates else {}
     for (media, d), cell in cells.items():
         st = stages.get((media, d))
-        cell["stage2"] = {"status": st["status"], "loaded_rows": st["loaded_rows"], "message": st["message"]} if st else None
+        cell["stage2"] = (
+            {"status": st["status"], "loaded_rows": st["loaded_rows"], "message": st["message"]} if st else None
+        )
     run = ledger.run(run_id) if run_id else None
     events: dict[str, int] = defaultdict(int)
     if run_id:
         for e in ledger.events(run_id):
             events[e["kind"]] += 1
     now = datetime.now(UTC)
-    locks = [{**{k: _iso(v) for k, v in lk.items()}, "age_s": round((now - _aware(lk["heartbeat_at"])).total_seconds(), 1)}
+    locks = [{**{k: _iso(v) for k, v in lk.items()},
+              "age_s": round((now - _aware(lk["heartbeat_at"])).total_seconds(), 1)}
              for lk in ledger.locks(dates)] if dates else []
     failed = sum(c["failed"] for c in cells.values()) + sum(
         1 for c in cells.values() if c["stage2"] and c["stage2"]["status"] == PartitionStatus.FAILED)
@@ -109,15 +114,18 @@ def print_status(cfg: PipelineConfig, *, day: date | None, run_id: str | None, a
     if doc["run"]:
         r = doc["run"]
         took = f", took {r['seconds']:.0f}s" if r["seconds"] is not None else ""
-        print(f"run {r['run_id']} ({r['kind']} {r['date_from']}..{r['date_to']}, {r['media']}): {r['outcome'].upper()}  "
+        print(f"run {r['run_id']} ({r['kind']} {r['date_from']}..{r['date_to']}, {r['media']}): "
+              f"{r['outcome'].upper()}  "
               f"started {r['started_at'][:19]} by {r['started_by']}{took}")
         if doc["events"]:
             print("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(doc["events"].items())))
     for r in doc["runs"][:5]:
         took = f"{r['seconds']:>6.0f}s" if r["seconds"] is not None else "      -"
-        print(f"run {r['run_id']:<32} {r['kind']:<8} {r['outcome']:<8} {r['started_at'][:19]} {took}  {r['started_by']}")
+        print(f"run {r['run_id']:<32} {r['kind']:<8} {r['outcome']:<8} {r['started_at'][:19]} {took}  "
+              f"{r['started_by']}")
     for lk in doc["locks"]:
-        print(f"LOCKED {lk['media']} {lk['date']} by run {lk['run_id']} ({lk['holder']}, heartbeat {lk['age_s']:.0f}s ago)")
+        print(f"LOCKED {lk['media']} {lk['date']} by run {lk['run_id']} "
+              f"({lk['holder']}, heartbeat {lk['age_s']:.0f}s ago)")
     if not doc["cells"]:
         if doc["date"] and not run_id:
             # a night that never ran is a problem, not a quiet zero
@@ -146,5 +154,6 @@ def print_status(cfg: PipelineConfig, *, day: date | None, run_id: str | None, a
             print(f"    STAGE 2 FAILED: {c['stage2']['message']}")
     t = doc["totals"]
     print(f"{'total':<23} {t['reports']:>7} {t['done']:>5} {t['failed']:>6} {t['open']:>5}"
-          + ("   → python -m ingest rerun --failed" + (f" --date {doc['date']}" if doc["date"] else "") if doc["failed"] or t["open"] else ""))
+          + ("   → python -m ingest rerun --failed" + (f" --date {doc['date']}" if doc["date"] else "")
+             if doc["failed"] or t["open"] else ""))
     return code

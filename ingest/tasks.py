@@ -57,7 +57,9 @@ class ReportResult:
     days: tuple[DayResult, ...] = ()
 
 
-EventKind = Literal["done", "failed", "retry", "request_retry", "restart", "breaker_open", "breaker_closed", "escalated"]
+EventKind = Literal[
+    "done", "failed", "retry", "request_retry", "restart", "breaker_open", "breaker_closed", "escalated"
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,11 +77,17 @@ class AccountTimezones:
                   now: datetime | None = None) -> dict[AccountRef, date]:
         return {ref: local_yesterday(tz, now) for ref, tz in self.resolve(media, secrets).items()}
 
-    async def _look_up(self, unknown: dict[str, list[str]], secrets: dict[str, dict[str, Secret]]) -> dict[AccountRef, str]:
-        results = await asyncio.gather(*(self._look_up_media(m, accounts, secrets[m]) for m, accounts in unknown.items()))
+    async def _look_up(
+        self, unknown: dict[str, list[str]], secrets: dict[str, dict[str, Secret]]
+    ) -> dict[AccountRef, str]:
+        results = await asyncio.gather(
+            *(self._look_up_media(m, accounts, secrets[m]) for m, accounts in unknown.items())
+        )
         return {ref: tz for part in results for ref, tz in part.items()}
 
-    async def _look_up_media(self, media: str, accounts: list[str], secrets: dict[str, Secret]) -> dict[AccountRef, str]:
+    async def _look_up_media(
+        self, media: str, accounts: list[str], secrets: dict[str, Secret]
+    ) -> dict[AccountRef, str]:
         """One request per account, spaced by the media's quota: it runs once per new account."""
         settings = self.cfg.media[media]
         connector = build_connector(media, settings, secrets)

@@ -132,7 +132,8 @@ class RawPage:
             body = json.loads(self.body)
         except ValueError:
             body = self.body  # keep malformed bodies verbatim: they are the evidence
-        return {"method": self.method, "url": self.url, "status": self.status, "elapsed_ms": round(self.elapsed_ms, 1), "body": body}
+        return {"method": self.method, "url": self.url, "status": self.status,
+                "elapsed_ms": round(self.elapsed_ms, 1), "body": body}
 
 
 #: awaited before every request; supervision plugs its rate limiter in here. Returns the latest
@@ -240,7 +241,8 @@ class HttpSession:
             raise Transient(f"{method} {_safe_url(httpx.URL(url))} failed: {type(exc).__name__}") from None
         elapsed = (time.perf_counter() - started) * 1000
         self.pages.append(
-            RawPage(method, _safe_url(response.request.url), response.status_code, body.decode("utf-8", "replace"), elapsed)
+            RawPage(method, _safe_url(response.request.url), response.status_code,
+                    body.decode("utf-8", "replace"), elapsed)
         )
         return response, token
 

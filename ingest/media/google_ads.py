@@ -49,7 +49,9 @@ AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
-_GOOGLE_SOURCE = "Google Ads API sunset dates and release notes (developers.google.com/google-ads/api/docs/sunset-dates)"
+_GOOGLE_SOURCE = (
+    "Google Ads API sunset dates and release notes (developers.google.com/google-ads/api/docs/sunset-dates)"
+)
 #: A major version always serves its latest minor. v23/v24 still work until about February 2027
 #: but are not supported here: the parser and fixtures follow v25/v26.
 VERSIONS = (
@@ -165,7 +167,8 @@ class GoogleAdsConnector(Connector):
             cid = account.replace("-", "")
             if not cid.isdigit():
                 raise BadRequest(f"Google Ads customer id must be digits (dashes allowed), not {account!r}")
-            url = f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}/customers/{cid}/googleAds:searchStream"
+            url = (f"{self.settings.base_url.rstrip('/')}/{self.settings.api_version}"
+                   f"/customers/{cid}/googleAds:searchStream")
             where = (f"segments.date = '{day.isoformat()}'" if last == day
                      else f"segments.date BETWEEN '{day.isoformat()}' AND '{last.isoformat()}'")
             body = {"query": QUERY.format(where=where)}
@@ -194,7 +197,9 @@ class GoogleAdsConnector(Connector):
                     return tz
         return None
 
-    def _parse(self, response: httpx.Response, account: str, cid: str, day: date, last: date | None = None) -> list[Row]:
+    def _parse(
+        self, response: httpx.Response, account: str, cid: str, day: date, last: date | None = None
+    ) -> list[Row]:
         rows: list[Row] = []
         for batch in self._batches(response):
             for result in batch.get("results") or []:
@@ -218,7 +223,8 @@ class GoogleAdsConnector(Connector):
         if response.status_code >= 400:
             return self._raise_status(response, {})
         if not isinstance(body, list):
-            raise DataError("searchStream response is not a JSON array of batches", status=response.status_code, body=raw)
+            raise DataError("searchStream response is not a JSON array of batches", status=response.status_code,
+                            body=raw)
         for batch in body:
             if not isinstance(batch, dict):
                 raise DataError("searchStream batch is not an object", body=raw)

@@ -43,7 +43,16 @@ from ingest.errors import (
     Throttled,
     Transient,
 )
-from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, Usage, parse_decimal, parse_int, parse_json
+from ingest.media.base import (
+    Connector,
+    ConnectorSettings,
+    HttpSession,
+    Row,
+    Usage,
+    parse_decimal,
+    parse_int,
+    parse_json,
+)
 from ingest.media.versions import ApiVersion
 
 #: app (4), user (17), page (32), ad account (613) and business-use-case (80000–80014) limits
@@ -65,7 +74,9 @@ FAILED = frozenset({"Job Failed", "Job Skipped"})
 MAX_PAGES = 10_000
 
 
-_META_SOURCE = "Meta Marketing API changelog, versions (developers.facebook.com/docs/marketing-api/marketing-api-changelog)"
+_META_SOURCE = (
+    "Meta Marketing API changelog, versions (developers.facebook.com/docs/marketing-api/marketing-api-changelog)"
+)
 #: Marketing API versions; its sunset dates come earlier than the Graph API's for the same number
 VERSIONS = (
     ApiVersion("v21.0", None, date(2025, 9, 9), _META_SOURCE, supported=False),
@@ -285,7 +296,8 @@ class MetaConnector(Connector):
         after: str | None = None
         seen: set[str] = set()
         for page in range(1, MAX_PAGES + 1):
-            body = await self._call(http, f"page {page}", "GET", url, params={**params, **({"after": after} if after else {})})
+            body = await self._call(http, f"page {page}", "GET", url,
+                                    params={**params, **({"after": after} if after else {})})
             data = body.get("data")
             if not isinstance(data, list):
                 raise DataError("insights response has no 'data' list", body=json.dumps(body))
@@ -296,7 +308,8 @@ class MetaConnector(Connector):
             cursors = paging.get("cursors")
             after = cursors.get("after") if isinstance(cursors, dict) else None
             if not isinstance(after, str) or not after or after in seen:
-                raise DataError("paging.next is set but paging.cursors.after is missing or repeats", body=json.dumps(body))
+                raise DataError("paging.next is set but paging.cursors.after is missing or repeats",
+                                body=json.dumps(body))
             seen.add(after)
         raise DataError(f"more than {MAX_PAGES} pages")
 
@@ -321,7 +334,8 @@ class MetaConnector(Connector):
                 return await self._pages(http, self._url(run_id, "insights"), {"limit": str(self.page_limit)})
             if status in FAILED:
                 # "Report Failed. Try again later." (insights error table: -2/2490547); a new run is a fresh job
-                raise JobFailed(f"async report run {run_id} ended with {status!r}", body=json.dumps(job), code=str(status))
+                raise JobFailed(f"async report run {run_id} ended with {status!r}", body=json.dumps(job),
+                                code=str(status))
             if status not in RUNNING and status != "Job Completed":
                 raise DataError(f"unknown async_status {str(status)[:40]!r}", body=json.dumps(job))
         raise JobFailed(f"async report run {run_id} not complete after {self.max_polls} polls", code="poll_limit")

@@ -19,6 +19,7 @@ def connector_class(name: str) -> type[Connector]:
         raise ConfigError(f"unknown connector {name!r} (known: {', '.join(KNOWN_CONNECTORS)})")
     module = importlib.import_module(f"ingest.media.{name}")
     for obj in vars(module).values():
-        if isinstance(obj, type) and issubclass(obj, Connector) and obj is not Connector and getattr(obj, "name", None) == name:
+        if (isinstance(obj, type) and issubclass(obj, Connector) and obj is not Connector
+                and getattr(obj, "name", None) == name):
             return obj
     raise ConfigError(f"module ingest.media.{name} defines no Connector with name {name!r}")

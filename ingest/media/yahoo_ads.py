@@ -37,7 +37,17 @@ from typing import Any, ClassVar
 import httpx
 
 from ingest.config import ACCOUNT_RE
-from ingest.errors import AuthError, BadRequest, ConfigError, DataError, IngestError, JobFailed, Malformed, Throttled, Transient
+from ingest.errors import (
+    AuthError,
+    BadRequest,
+    ConfigError,
+    DataError,
+    IngestError,
+    JobFailed,
+    Malformed,
+    Throttled,
+    Transient,
+)
 from ingest.media.base import Connector, ConnectorSettings, HttpSession, Row, parse_decimal, parse_int, parse_json
 from ingest.media.versions import ApiVersion
 
@@ -178,7 +188,9 @@ class YahooAdsConnector(Connector):
         errors = body.get("errors") if isinstance(body, dict) else None
         return errors if isinstance(errors, list) else []
 
-    async def _envelope(self, http: HttpSession, what: str, op: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _envelope(
+        self, http: HttpSession, what: str, op: str, account: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         """POST and return the single ``rval.values[0]``, as one retriable step."""
         return await http.step(what, lambda: self._envelope_once(http, op, account, body))
 
@@ -189,7 +201,8 @@ class YahooAdsConnector(Connector):
         if not isinstance(env, dict):
             raise DataError("envelope is not a JSON object", status=200, body=response.content)
         if env.get("errors"):  # "Full Error": HTTP 200, whole request refused
-            raise classify(200, env["errors"] if isinstance(env["errors"], list) else [], response.headers, response.content)
+            raise classify(200, env["errors"] if isinstance(env["errors"], list) else [], response.headers,
+                           response.content)
         values = (env.get("rval") or {}).get("values") if isinstance(env.get("rval"), dict) else None
         if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], dict):
             raise DataError("expected exactly one rval.values entry", status=200, body=response.content)
@@ -230,7 +243,8 @@ class YahooAdsConnector(Connector):
                 "reportDecimalPartDisplayType": "FULL_DISPLAY",
             }
             async with http.job():  # one of the media's concurrent report-job slots, until downloaded
-                added = await self._envelope(http, "add", "add", account, {"accountId": int(account), "operand": [operand]})
+                added = await self._envelope(http, "add", "add", account,
+                                             {"accountId": int(account), "operand": [operand]})
                 job_id = added.get("reportJobId")
                 if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
                     raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
@@ -284,7 +298,8 @@ class YahooAdsConnector(Connector):
         if missing and len(records) == 1 and not raw.endswith(b"\n"):  # cut inside the header line itself
             raise Malformed(f"report CSV cut in its header line after {len(raw)} bytes", body=raw)
         if missing:
-            raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); header: {header}", body=raw)
+            raise DataError(f"report CSV lacks column(s) {', '.join(missing)} (schema drift?); "
+                            f"header: {header}", body=raw)
         col = {field: header.index(name) for field, name in columns.items()}
         rows = []
         # a report ends with a newline: a last line without one was cut, so whatever fails to

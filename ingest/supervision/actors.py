@@ -50,7 +50,8 @@ class FetcherActor:
                                _to_supervisor(supervisor.request_failed), late_s=settings.quota.late_send_s)
         client = httpx.AsyncClient(
             timeout=settings.timeout_s,
-            limits=httpx.Limits(max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency),
+            limits=httpx.Limits(max_connections=settings.concurrency * 2,
+                                max_keepalive_connections=settings.concurrency),
         )
         store = ReportStore(gcs_client(gcs, project), gcs.bucket)
         self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, client)

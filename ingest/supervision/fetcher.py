@@ -74,7 +74,9 @@ class QuotaLink:
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
-        request_failed: Callable[[ReportKey, IngestError, int, str, int], Awaitable[tuple[bool, float, str]]] | None = None,
+        request_failed: (
+            Callable[[ReportKey, IngestError, int, str, int], Awaitable[tuple[bool, float, str]]] | None
+        ) = None,
         late_s: float = 0.02,
     ) -> None:
         self._permits = permits
@@ -178,7 +180,9 @@ class QuotaLink:
 
 
 class ReportFetcher:
-    def __init__(self, media: str, settings: MediaSettings, connector: Connector, store: ReportStore, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, media: str, settings: MediaSettings, connector: Connector, store: ReportStore, client: httpx.AsyncClient
+    ) -> None:
         self.media = media
         self.settings = settings
         self.connector = connector
@@ -210,7 +214,8 @@ class ReportFetcher:
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure is classified and its raw kept
             error = ensure_classified(exc, key.media, key.account, key.day)
-            doc = {**session.raw_document(), "error": {"kind": error.kind, "message": error.message, "status": error.status}}
+            doc = {**session.raw_document(),
+                   "error": {"kind": error.kind, "message": error.message, "status": error.status}}
             try:
                 await asyncio.to_thread(self.store.put_json, paths.failed_json, doc)
             except IngestError as store_exc:

@@ -128,11 +128,14 @@ class RetryPolicy:
             return Decision("fail", 0.0, reason)
         s = self.settings
         if isinstance(error, Malformed) and max(cut_reads, 1) >= s.malformed_attempts:
-            return Decision("fail", 0.0, f"{reason}; body cut or unparseable in {max(cut_reads, 1)} reads (malformed_attempts)")
+            return Decision("fail", 0.0,
+                            f"{reason}; body cut or unparseable in {max(cut_reads, 1)} reads (malformed_attempts)")
         if attempt >= s.request_attempts:
-            return Decision("fail", 0.0, f"{reason}; gave up after {attempt} attempts of this request (request_attempts)")
+            return Decision("fail", 0.0,
+                            f"{reason}; gave up after {attempt} attempts of this request (request_attempts)")
         if retries_so_far >= s.retry_budget:
-            return Decision("fail", 0.0, f"{reason}; the report's {s.retry_budget} request retries are spent (retry_budget)")
+            return Decision("fail", 0.0,
+                            f"{reason}; the report's {s.retry_budget} request retries are spent (retry_budget)")
         return self._wait(error, attempt, reason)
 
     def _wait(self, error: BaseException, attempt: int, reason: str) -> Decision:

@@ -182,7 +182,9 @@ class MediaSupervisor:
             return exc
 
     # -- the run --------------------------------------------------------------------------
-    async def run(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None) -> AsyncIterator[Event]:
+    async def run(
+        self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None
+    ) -> AsyncIterator[Event]:
         """Fetch every key; yield events until each key is done or failed."""
         async for batch in self.run_batches(keys, first_attempt):
             for event in batch:
@@ -238,13 +240,16 @@ class MediaSupervisor:
                 continue
             try:
                 # every log line of this report's attempt, here and in the fetcher process, carries these
-                with structlog.contextvars.bound_contextvars(account=key.account, date=key.day.isoformat(), attempt=attempt):
+                with structlog.contextvars.bound_contextvars(
+                    account=key.account, date=key.day.isoformat(), attempt=attempt
+                ):
                     await self._handle(index, key, attempt, ready_at)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - our own bug must fail one report, never hang the run
                 log.error("supervisor_bug", media=self.media, report=str(key), error=repr(exc))
-                self._emit(Event("failed", self.media, key, attempt, error_kind="internal", message=f"internal error: {exc!r}"))
+                self._emit(Event("failed", self.media, key, attempt, error_kind="internal",
+                                 message=f"internal error: {exc!r}"))
 
     async def _handle(self, index: int, key: ReportKey, attempt: int, ready_at: float) -> None:
         wait = ready_at - self.clock()
@@ -285,7 +290,8 @@ class MediaSupervisor:
         """Hold the report while the breaker is open; fail it if the media was given up."""
         while True:
             if self.given_up:
-                self._emit(Event("failed", self.media, key, attempt - 1, error_kind="unavailable", message=self.given_up))
+                self._emit(Event("failed", self.media, key, attempt - 1, error_kind="unavailable",
+                                 message=self.given_up))
                 return False
             if self.breaker.allow():
                 return True
@@ -348,8 +354,8 @@ class MediaSupervisor:
                  action=decision.action, delay_s=round(decision.delay_s, 3), reason=decision.reason)
         if decision.retry and not self.given_up:
             self.counts["retries"] += 1
-            self._emit(Event("retry", self.media, key, attempt, error_kind=err.kind, message=f"{err} → {decision.reason}",
-                             delay_s=decision.delay_s))
+            self._emit(Event("retry", self.media, key, attempt, error_kind=err.kind,
+                             message=f"{err} → {decision.reason}", delay_s=decision.delay_s))
             self._put(key, attempt + 1, decision.delay_s)
         else:
             reason = self.given_up or decision.reason
@@ -362,14 +368,16 @@ class MediaSupervisor:
             while True:  # a replacement that dies while starting counts as one more restart
                 if not self.restarts.allow():
                     self.given_up = (f"fetcher processes of {self.media} crashed more than "
-                                     f"{self.settings.restarts.max_restarts} times in {self.settings.restarts.period_s:.0f}s")
+                                     f"{self.settings.restarts.max_restarts} times in "
+                                     f"{self.settings.restarts.period_s:.0f}s")
                     log.error("escalated", media=self.media, reason=self.given_up)
                     self._emit(Event("escalated", self.media, key, message=self.given_up))
                     return
                 delay = self.restarts.backoff()
                 self.counts["restarts"] += 1
                 log.warning("fetcher_restart", media=self.media, index=index, delay_s=delay, reason=why)
-                self._emit(Event("restart", self.media, key, message=f"fetcher {index} died ({why}); restarting in {delay:.1f}s",
+                self._emit(Event("restart", self.media, key,
+                                 message=f"fetcher {index} died ({why}); restarting in {delay:.1f}s",
                                  delay_s=delay, extra={"fetcher": index}))
                 await asyncio.sleep(delay)
                 try:

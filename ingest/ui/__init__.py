@@ -61,7 +61,8 @@ def serve(cfg: PipelineConfig, *, host: str | None, port: int | None, environ: M
         return _port_in_use(host, port)
     shown = f"[{host}]" if ":" in host else host
     log.info("ui_listening", url=f"http://{shown}:{port}/", token_required=bool(token))
-    print(f"ingest ui: http://{shown}:{port}/" + ("  (access token required: ?token=… once, then a cookie)" if token else ""),
+    print(f"ingest ui: http://{shown}:{port}/"
+          + ("  (access token required: ?token=… once, then a cookie)" if token else ""),
           file=sys.stderr, flush=True)
     try:
         web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=True)

@@ -66,7 +66,9 @@ def _safe_path(request: web.Request) -> str:
 
 
 @web.middleware
-async def _access_log(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _access_log(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     try:
@@ -83,7 +85,9 @@ async def _access_log(request: web.Request, handler: Callable[[web.Request], Awa
 
 def _auth_middleware(token: str | None) -> Any:
     @web.middleware
-    async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if token is None or request.path == "/healthz":
             return await handler(request)
         given = request.query.get("token")
@@ -117,7 +121,9 @@ def _denied() -> web.Response:
 
 
 @web.middleware
-async def _headers_and_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _headers_and_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPException:
@@ -131,8 +137,10 @@ async def _headers_and_errors(request: web.Request, handler: Callable[[web.Reque
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-                                                   "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
     return response
 
 

@@ -244,7 +244,8 @@ class LedgerReader:
             sa.func.min(t.c.started_at).label("started_at"), sa.func.max(t.c.finished_at).label("finished_at"),
         ).where(*in_run).group_by(t.c.media, t.c.date, t.c.status)
         errs = sa.select(
-            t.c.media, t.c.date, t.c.error_kind, sa.func.count().label("n"), sa.func.max(t.c.error_message).label("message"),
+            t.c.media, t.c.date, t.c.error_kind, sa.func.count().label("n"),
+            sa.func.max(t.c.error_message).label("message"),
         ).where(*in_run, t.c.status == "failed").group_by(t.c.media, t.c.date, t.c.error_kind)
         evs = sa.select(e.c.media, e.c.date, e.c.kind, sa.func.count().label("n")).where(
             e.c.run_id == run_id).group_by(e.c.media, e.c.date, e.c.kind)
@@ -289,14 +290,17 @@ class LedgerReader:
     def run_events(self, run_id: str) -> dict[str, int]:
         e = task_events
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(e.c.kind, sa.func.count()).where(e.c.run_id == run_id).group_by(e.c.kind)).all()
+            rows = conn.execute(
+                sa.select(e.c.kind, sa.func.count()).where(e.c.run_id == run_id).group_by(e.c.kind)
+            ).all()
         return {k: int(n) for k, n in rows}
 
     def media_events(self, run_id: str, limit: int = 50) -> list[EventRow]:
         """Events not tied to one report (supervisor restarts) and breaker changes of a run."""
         e = task_events
-        q = sa.select(e).where(e.c.run_id == run_id, e.c.kind.in_(("restart", "breaker_open", "breaker_closed", "escalated"))
-                               ).order_by(e.c.id).limit(limit)
+        q = sa.select(e).where(
+            e.c.run_id == run_id, e.c.kind.in_(("restart", "breaker_open", "breaker_closed", "escalated"))
+        ).order_by(e.c.id).limit(limit)
         with self.engine.connect() as conn:
             return [cast(EventRow, dict(x)) for x in conn.execute(q).mappings()]
 
@@ -327,9 +331,12 @@ class LedgerReader:
     def task(self, media: str, day: date, account: str, history: int = 100) -> tuple[TaskRow | None, list[EventRow]]:
         t, e = report_tasks, task_events
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t).where(t.c.media == media, t.c.date == day, t.c.account_id == account)).mappings().first()
+            row = conn.execute(
+                sa.select(t).where(t.c.media == media, t.c.date == day, t.c.account_id == account)
+            ).mappings().first()
             evs = [cast(EventRow, dict(x)) for x in conn.execute(sa.select(e).where(
-                e.c.media == media, e.c.date == day, e.c.account_id == account).order_by(e.c.id.desc()).limit(history)).mappings()]
+                e.c.media == media, e.c.date == day, e.c.account_id == account
+            ).order_by(e.c.id.desc()).limit(history)).mappings()]
         return (_task_row(row) if row else None), evs
 
     def stage(self, media: str, day: date) -> StageRow | None:
@@ -362,7 +369,9 @@ class LedgerReader:
                 e.c.run_id, e.c.media, sa.func.max(e.c.at).label("last"),
                 sa.func.sum(sa.case((e.c.kind == "failed", 1), else_=0)).label("failed"),
                 sa.func.count().label("settled"),
-            ).where(e.c.run_id.in_(list(by_run)), e.c.kind.in_(("done", "failed"))).group_by(e.c.run_id, e.c.media)).mappings().all()
+            ).where(
+                e.c.run_id.in_(list(by_run)), e.c.kind.in_(("done", "failed"))
+            ).group_by(e.c.run_id, e.c.media)).mappings().all()
             current = conn.execute(sa.select(
                 t.c.date, sa.func.count().label("reports"),
                 sa.func.sum(sa.case((t.c.status == TaskStatus.FAILED, 1), else_=0)).label("failed"),
@@ -372,7 +381,8 @@ class LedgerReader:
         have = {_as_date(d) for d in days}
         for d in calendar:
             reports, failed = now.get(d, (0, 0))
-            nights[d] = Night(date=d, media={}, outcomes=[], missing=d not in have, now_reports=reports, now_failed=failed)
+            nights[d] = Night(date=d, media={}, outcomes=[], missing=d not in have, now_reports=reports,
+                              now_failed=failed)
         for run in by_run.values():
             nights[_as_date(run["date_to"])]["outcomes"].append(run["outcome"])
         for a in agg:

@@ -306,8 +306,9 @@ def pg_env(emulators: Any, make_config: Callable[..., PipelineConfig], pg_url: s
     return Env(make_config(emulators, pg_url))
 
 
-def test_the_accounts_table_is_rewritten_only_when_the_accounts_change(emulators: Any, sqlite_url: str,
-                                                                       make_config: Callable[..., PipelineConfig]) -> None:
+def test_the_accounts_table_is_rewritten_only_when_the_accounts_change(
+    emulators: Any, sqlite_url: str, make_config: Callable[..., PipelineConfig]
+) -> None:
     """Stage 2's setup is a migration, not a nightly cost: a night with the same accounts reads
     the table's digest and runs no job; a changed account list rewrites it."""
     env = Env(make_config(emulators, sqlite_url))

@@ -284,6 +284,7 @@ def test_hostile_ledger_text_is_escaped_and_redacted(tmp_path: Path) -> None:
             assert secret not in body
     grid, task = pages[1][1], pages[3][1]
     assert "&lt;b&gt;auth&lt;/b&gt;" in grid and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in grid
-    assert ("<span class=error-message>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; "
+    assert ("<span class=error-message>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
+            "&lt;img src=x onerror=alert(1)&gt; "
             "GET /v21.0/act_2/insights?access_token=***&amp;level=ad Authorization: Bearer *** ***</span>") in task
     assert "<svg" in pages[0][1]  # the chart is markup on purpose: inserted, not escaped

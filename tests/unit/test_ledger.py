@@ -107,7 +107,9 @@ def test_one_batch_of_events_lands_in_order_as_one_by_one_would(ledger: Ledger) 
     run = ledger.open_run("run", [D1, D2], ["meta"])
     a, b, window = ReportKey("meta", "1", D2), ReportKey("meta", "2", D2), ReportKey("meta", "3", D1, span=2)
     ledger.plan(run, [a, b, window])
-    days = tuple(DayResult(d, Totals(2, 1, 1, Decimal("1"), Decimal("0")), f"h{d.day}", f"gs://b/{d}.csv") for d in (D1, D2))
+    days = tuple(
+        DayResult(d, Totals(2, 1, 1, Decimal("1"), Decimal("0")), f"h{d.day}", f"gs://b/{d}.csv") for d in (D1, D2)
+    )
     ledger.apply_many(run, [
         Event("retry", "meta", a, 1, error_kind="transient", message="HTTP 503"),
         Event("retry", "meta", window, 1, error_kind="throttled", message="429"),

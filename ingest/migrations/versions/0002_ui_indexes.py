@@ -18,9 +18,12 @@ down_revision = "0001"
 
 
 def upgrade() -> None:
-    op.create_index("ix_ingest_events_run_cell", "ingest_task_events", ["run_id", "media", "date", "kind"], if_not_exists=True)
-    op.create_index("ix_ingest_events_report", "ingest_task_events", ["media", "date", "account_id"], if_not_exists=True)
-    op.create_index("ix_ingest_tasks_media_date_status", "ingest_report_tasks", ["media", "date", "status"], if_not_exists=True)
+    op.create_index("ix_ingest_events_run_cell", "ingest_task_events", ["run_id", "media", "date", "kind"],
+                    if_not_exists=True)
+    op.create_index("ix_ingest_events_report", "ingest_task_events", ["media", "date", "account_id"],
+                    if_not_exists=True)
+    op.create_index("ix_ingest_tasks_media_date_status", "ingest_report_tasks", ["media", "date", "status"],
+                    if_not_exists=True)
 
 
 def downgrade() -> None:
