@@ -5,7 +5,7 @@ per process kind.
     python -m bench.profile                      # "scale ¼" (≈5,000 reports, generous quotas)
     python -m bench.profile --scenario nightly --top 15
 
-Needs ``py-spy`` (``pip install py-spy``; not a dependency of the product or the tests).
+Needs ``py-spy`` (``pip install -e '.[bench]'``; not a dependency of the product or the tests).
 Writes bench/profile.json (the top entries per process kind) and prints them.
 """
 
@@ -92,7 +92,7 @@ def _short(path: str) -> str:
 def profile(scenario: str, top: int, rate: int) -> dict[str, Any]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
-        raise SystemExit("py-spy is not installed: pip install py-spy")
+        raise SystemExit("py-spy is not installed: pip install -e '.[bench]'")
     spec = dict(scenarios(False))[scenario]
     stack = start_stack()
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
