@@ -14,20 +14,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.procs import _all_cmdlines
-from bench.run import MEDIA, REPO, scenarios, start_stack
-from sandbox.cli import SANDBOX_CREDENTIALS
+from bench.run import REPO, scenario_process, scenarios, start_stack
 
 KINDS = (("supervisors", "ray::SupervisorActor"), ("fetchers", "ray::FetcherActor"))
 
@@ -97,14 +94,8 @@ def profile(scenario: str, top: int, rate: int) -> dict[str, Any]:
     stack = start_stack()
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     try:
-        s = stack.spec
-        spec = {**spec, "stack": {"gcs": s.gcs_endpoint, "bq": s.bq_endpoint, "sims": {m: s.sim_url(m) for m in MEDIA}},
-                "bucket": f"bench-{uuid.uuid4().hex[:8]}", "dataset": f"bench_{uuid.uuid4().hex[:8]}"}
-        env = {**os.environ, **stack.env()}
-        for var, value in SANDBOX_CREDENTIALS.items():
-            env.setdefault(var, value)
-        proc = subprocess.Popen([sys.executable, "-m", "bench.scenario", json.dumps(spec)], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cmd, env = scenario_process(spec, stack)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         spies: dict[int, tuple[str, subprocess.Popen[bytes], Path]] = {}
         while proc.poll() is None:  # attach to each of our processes as it appears
             for pid, kind in _targets(proc.pid).items():

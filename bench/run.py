@@ -89,16 +89,22 @@ def start_stack() -> LocalStack:
     return stack
 
 
-def run_one(name: str, spec: dict[str, Any], stack: LocalStack) -> dict[str, Any]:
+def scenario_process(spec: dict[str, Any], stack: LocalStack) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one scenario's process against ``stack`` (its own
+    bucket and dataset, the sandbox's credentials)."""
     s = stack.spec
     spec = {**spec, "stack": {"gcs": s.gcs_endpoint, "bq": s.bq_endpoint, "sims": {m: s.sim_url(m) for m in MEDIA}},
             "bucket": f"bench-{uuid.uuid4().hex[:8]}", "dataset": f"bench_{uuid.uuid4().hex[:8]}"}
     env = {**os.environ, **stack.env()}
     for var, value in SANDBOX_CREDENTIALS.items():
         env.setdefault(var, value)
+    return [sys.executable, "-m", "bench.scenario", json.dumps(spec)], env
+
+
+def run_one(name: str, spec: dict[str, Any], stack: LocalStack) -> dict[str, Any]:
+    cmd, env = scenario_process(spec, stack)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.scenario", json.dumps(spec)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     took = time.perf_counter() - started
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
