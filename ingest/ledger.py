@@ -188,9 +188,11 @@ def new_run_id(kind: str) -> str:
     return f"{kind}-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def _upsert(engine: Engine, table: sa.Table, values: dict[str, Any], keys: list[str]) -> sa.Insert:
-    ins = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
-    return ins.on_conflict_do_update(index_elements=keys, set_={k: ins.excluded[k] for k in values if k not in keys})
+def _upsert(engine: Engine, table: sa.Table, keys: list[str], columns: Iterable[str]) -> sa.Insert:
+    """Insert, or on a conflict of ``keys`` set ``columns``: values come with ``execute``, so one
+    statement serves a single row or many at once (``executemany``)."""
+    ins = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
+    return ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in columns if c not in keys})
 
 
 class Ledger:
@@ -332,13 +334,14 @@ class Ledger:
     def plan(self, run_id: str, keys: list[ReportKey]) -> None:
         """Mark the reports this run will fetch as pending (creating or resetting the row of each
         day they cover; what an earlier fetch landed — sums, digest, revisions — stays)."""
-        with self.engine.begin() as conn:
-            for key in (day for k in keys for day in k.day_keys()):
-                conn.execute(_upsert(self.engine, report_tasks, {
-                    "media": key.media, "account_id": key.account, "date": key.day, "run_id": run_id,
-                    "status": TaskStatus.PENDING, "attempts": 0, "error_kind": None, "error_message": None,
-                    "started_at": None, "finished_at": None, "duration_s": None,
-                }, ["media", "account_id", "date"]))
+        rows = [{"media": key.media, "account_id": key.account, "date": key.day, "run_id": run_id,
+                 "status": TaskStatus.PENDING, "attempts": 0, "error_kind": None, "error_message": None,
+                 "started_at": None, "finished_at": None, "duration_s": None}
+                for key in (day for k in keys for day in k.day_keys())]
+        if not rows:
+            return
+        with self.engine.begin() as conn:  # one executemany, not a statement per report-day
+            conn.execute(_upsert(self.engine, report_tasks, ["media", "account_id", "date"], rows[0]), rows)
 
     def apply(self, run_id: str, event: Event, *, republish: bool = False) -> None:
         """Record one supervisor event."""
@@ -368,16 +371,10 @@ class Ledger:
             for _shape, group in itertools.groupby((u for u in updates if u[0] != "stage"), key=lambda u: u[0]):
                 conn.execute(_TASK_UPDATE, [p for _, p in group])
             if stage:
-                conn.execute(self._stage_pending(), stage)
+                conn.execute(_upsert(self.engine, stage_steps, ["media", "date"], stage[0]), stage)
         # after COMMIT: a partition this run marked pending stays so until its stage 2 (this run's,
         # after the fetch), so later batches need not write it again
         self._marked_pending.update((run_id, p["media"], p["date"]) for p in stage)
-
-    def _stage_pending(self) -> sa.Insert:
-        """Mark partitions pending for stage 2 (insert or update), executed many at once."""
-        ins = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(stage_steps)
-        cols = ("run_id", "status", "loaded_rows", "message", "updated_at")
-        return ins.on_conflict_do_update(index_elements=["media", "date"], set_={c: ins.excluded[c] for c in cols})
 
     @staticmethod
     def _landed(conn: sa.Connection, events: list[Event]) -> dict[tuple[str, str, date], tuple[str | None, int]]:
@@ -523,10 +520,10 @@ class Ledger:
         self, run_id: str, media: str, day: date, status: PartitionStatus, loaded_rows: int | None,
         message: str | None,
     ) -> None:
+        row = {"media": media, "date": day, "run_id": run_id, "status": status, "loaded_rows": loaded_rows,
+               "message": message, "updated_at": now()}
         with self.engine.begin() as conn:
-            conn.execute(_upsert(self.engine, stage_steps, {
-                "media": media, "date": day, "run_id": run_id, "status": status, "loaded_rows": loaded_rows,
-                "message": message, "updated_at": now()}, ["media", "date"]))
+            conn.execute(_upsert(self.engine, stage_steps, ["media", "date"], row), row)
 
     def pending_partitions(self, media: Iterable[str], dates: Iterable[date]) -> list[tuple[str, date]]:
         """(media, date) partitions whose reports changed since their last successful stage 2."""
