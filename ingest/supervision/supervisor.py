@@ -128,13 +128,6 @@ class MediaSupervisor:
             out.append(-paused if paused > 0 else time.time() + self.limiter.reserve())
         return out
 
-    async def permit(self, utilization: float | None = None, account: str | None = None) -> float:
-        """One permit, waiting out its account's pause (:meth:`permits` for a single request)."""
-        while (send_at := (await self.permits(utilization, [account]))[0]) < 0:
-            utilization = None
-            await asyncio.sleep(-send_at)
-        return send_at
-
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,
                              cut_reads: int = 0) -> tuple[bool, float, str]:
         """One request of ``key`` failed retriably: the policy decides whether *that request* is

@@ -156,9 +156,11 @@ def test_an_account_throttle_pauses_that_account_only() -> None:
         decision = await sup.request_failed(key, throttle, 1, "page 1")
         started = time.monotonic()
 
+        gate = QuotaLink(sup.permits, sup.acquire_job, sup.release_job).gate  # what a fetcher waits on
+
         async def granted(account: str) -> float:
-            send_at = await sup.permit(None, account)
-            return max(send_at - time.time(), 0.0) + time.monotonic() - started
+            await gate(account)  # returns at the permit's send time
+            return time.monotonic() - started
 
         paused, other = await asyncio.gather(granted("111"), granted("222"))
         return paused, other, decision
