@@ -213,7 +213,7 @@ class BigQueryStage:
             f"SELECT * FROM UNNEST([\n  {structs}\n])"
         )
         self._run_query("accounts", "refresh", sql)
-        table = self.client.get_table(ref)
+        table = _api(f"read table {ACCOUNTS_TABLE}", lambda: self.client.get_table(ref))
         table.description = digest
         _api(f"label table {ACCOUNTS_TABLE}", lambda: self.client.update_table(table, ["description"]))
         return True
