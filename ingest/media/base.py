@@ -178,6 +178,8 @@ class HttpSession:
     #: permits given up in a row for being late before a request goes out anyway (a process so
     #: busy that every permit is late must still make progress)
     MAX_LATE_PERMITS = 3
+    #: fresh tokens one request may ask for after 401s (a bound, so bad credentials never loop)
+    MAX_TOKEN_REFRESHES = 2
 
     def __init__(
         self,
@@ -213,9 +215,15 @@ class HttpSession:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         response, token = await self._send(method, url, params, json_body, data, headers, None)
-        if token is not None and response.status_code == 401:
-            # expired or revoked early: one fresh token, one more try; a second 401 is the connector's AuthError
-            response, _ = await self._send(method, url, params, json_body, data, headers, token)
+        rejected: set[str] = set()
+        while token is not None and response.status_code == 401 and token not in rejected \
+                and len(rejected) < self.MAX_TOKEN_REFRESHES:
+            # expired or revoked early: a fresh token, one more try. The token on the retry may itself
+            # be one another request refreshed seconds ago and the platform revoked since, so a 401
+            # for a token not yet rejected earns one more; a 401 for the same token (or a third)
+            # is the connector's AuthError
+            rejected.add(token)
+            response, token = await self._send(method, url, params, json_body, data, headers, token)
         return response
 
     async def _send(self, method: str, url: str, params: Mapping[str, Any] | None, json_body: Any,

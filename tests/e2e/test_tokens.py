@@ -47,7 +47,7 @@ def test_tokens_expiring_mid_run_lose_nothing(stack: Any, sims: Callable[..., No
                                               make_config: Callable[..., PipelineConfig], sqlite_url: str,
                                               revoked_early: bool) -> None:
     # on schedule: 1 s tokens, announced honestly; revoked early: 3 s tokens announced as an hour, so
-    # only 401s tell the pipeline (3 s > the longest wait at the media's gate, so one refresh suffices)
+    # only 401s tell the pipeline (a token refreshed by another request may die before a retry sends it: one more)
     if revoked_early:
         sims(OAUTH, latency_ms=60, token_lifetime_s=3.0, token_reported_lifetime_s=3600.0)
     else:

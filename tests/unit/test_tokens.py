@@ -146,7 +146,7 @@ def test_session_uses_the_bearer_and_refreshes_once_on_401() -> None:
     assert calls == [None, "old"]
 
 
-def test_a_second_401_is_returned_to_the_connector() -> None:
+def test_a_401_for_the_same_token_again_is_returned_to_the_connector() -> None:
     async def bearer(rejected: str | None) -> str:
         return "t1" if rejected is None else "t2"
 
@@ -154,10 +154,31 @@ def test_a_second_401_is_returned_to_the_connector() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(401, json={}))) as c:
             session = HttpSession(c, bearer=bearer)
             response = await session.request("GET", "https://api.example/x")
-            assert session.requests == 2
+            assert session.requests == 3  # t1 rejected, t2 rejected, t2 again: the cache has nothing newer
             return response.status_code
 
     assert asyncio.run(go()) == 401  # the connector classifies it (AuthError): no loop
+
+
+def test_a_refreshed_token_revoked_before_the_retry_earns_one_more_and_no_more() -> None:
+    # another request refreshed t2 seconds ago and the platform revoked it since: t3 is asked for
+    async def bearer(rejected: str | None) -> str:
+        return {None: "t1", "t1": "t2", "t2": "t3", "t3": "t4"}[rejected]
+
+    def go(good: str) -> tuple[int, list[str]]:
+        seen: list[str] = []
+
+        def api(request: httpx.Request) -> httpx.Response:
+            seen.append(request.headers["Authorization"])
+            return httpx.Response(200 if request.headers["Authorization"] == f"Bearer {good}" else 401, json={})
+
+        async def send() -> int:
+            async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as c:
+                return (await HttpSession(c, bearer=bearer).request("GET", "https://api.example/x")).status_code
+        return asyncio.run(send()), seen
+
+    assert go("t3") == (200, ["Bearer t1", "Bearer t2", "Bearer t3"])
+    assert go("t4") == (401, ["Bearer t1", "Bearer t2", "Bearer t3"])  # bounded: bad credentials never loop
 
 
 def test_static_tokens_keep_the_connectors_header(monkeypatch: Any) -> None:
