@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,7 +24,6 @@ from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
-from ingest.supervision.dispatch import ChunkedDispatch, Outcome, Work, as_finished
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, SupervisorGone, build_connector
 from ingest.supervision.metrics import PipelineMetrics
 from ingest.supervision.placement import Placement
@@ -39,8 +38,8 @@ class FetcherActor:
     def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
                  project: str, supervisor: Any, log_context: dict[str, Any]) -> None:
         configure_logging()
-        # bound per report in _fetch_one(): async methods run on the actor's event-loop thread,
-        # which would not see a binding made here
+        # bound per call in fetch(): async methods run on the actor's event-loop thread, which
+        # would not see a binding made here
         self._log_context = {**log_context, "media": media}
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
@@ -60,47 +59,31 @@ class FetcherActor:
     async def ready(self) -> tuple[int, str]:
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    async def fetch_many(self, work: list[Work]):  # type: ignore[no-untyped-def]  # a Ray streaming generator
-        """Fetch a chunk of reports concurrently; stream lists of (key, result or error) as they finish."""
-        async for finished in as_finished(work, self._fetch_one, _as_ingest_error):
-            yield finished
-
-    async def _fetch_one(self, key: ReportKey, attempt: int | None) -> ReportResult:
-        # bound per report: async methods run on the actor's event-loop thread, and each report's
-        # task copies the context it was created in
+    async def fetch(self, key: ReportKey, attempt: int | None = None) -> ReportResult:
         with structlog.contextvars.bound_contextvars(**self._log_context, account=key.account, date=key.day.isoformat(),
                                                      attempt=attempt):
             return await self.core.fetch(key, self.quota)
 
 
-def _as_ingest_error(exc: BaseException) -> IngestError:
-    return IngestError(f"fetcher raised {type(exc).__name__}: {exc}")
-
-
 class RayFetcher(FetcherHandle):
-    """Adapts a FetcherActor to the supervisor's FetcherHandle: reports go in chunks (one Ray call
-    per turn of the supervisor's loop, results streamed back); a dead process → WorkerDied."""
+    """Adapts a FetcherActor to the supervisor's FetcherHandle; a dead process → WorkerDied."""
 
     def __init__(self, actor: Any, pid: int, node_id: str = "") -> None:
         self.actor = actor
         self.pid = pid
         self.node_id = node_id
-        self.dispatch = ChunkedDispatch(self._send, self._lost)
 
     async def fetch(self, key: ReportKey) -> ReportResult:
-        # the supervisor's slot bound this report's attempt (log context): the fetcher logs it too
-        return await self.dispatch.fetch(key, structlog.contextvars.get_contextvars().get("attempt"))
-
-    async def _send(self, work: list[Work]) -> AsyncIterator[list[tuple[ReportKey, Outcome]]]:
-        async for ref in self.actor.fetch_many.remote(work):
-            yield await ref
-
-    def _lost(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, ray.exceptions.RayActorError):
-            return WorkerDied(f"pid {self.pid} on node …{self.node_id[-8:]}: {type(exc).__name__}")
-        if isinstance(exc, ray.exceptions.RayTaskError):
-            return _as_ingest_error(exc.cause)
-        return _as_ingest_error(exc)
+        try:
+            # the supervisor's slot bound this report's attempt (log context): the fetcher logs it too
+            return await self.actor.fetch.remote(key, structlog.contextvars.get_contextvars().get("attempt"))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, IngestError):
+                raise cause from None
+            raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
+        except ray.exceptions.RayActorError as exc:
+            raise WorkerDied(f"pid {self.pid} on node …{self.node_id[-8:]}: {type(exc).__name__}") from None
 
 
 def _to_supervisor(method: Any) -> Callable[..., Awaitable[Any]]:
