@@ -16,7 +16,7 @@ import json
 import sys
 import time
 import urllib.request
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,15 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out_media = out["media"].get(media)
         if out_media is not None:
             out_media["last_report_s"] = round(secs, 2)
+    if run.get("started_at") is not None:  # when its first and last request arrived, and its violations
+        started = run["started_at"]
+        epoch = (started if started.tzinfo else started.replace(tzinfo=UTC)).timestamp()
+        for media, st in stats.items():
+            if media in out["media"] and st.get("first_at"):
+                out["media"][media].update({
+                    "first_request_s": round(st["first_at"] - epoch, 2),
+                    "last_request_s": round(st["last_at"] - epoch, 2),
+                    "violations_s": [round(t - epoch, 2) for t in st.get("violations_at", [])]})
     failed = sum(m.failed for m in report.media.values())
     out.update({
         "outcome": report.outcome, "failed_reports": failed,

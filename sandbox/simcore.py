@@ -169,6 +169,11 @@ class Simulator:
             "served_reports": 0,
             "jobs_created": 0,
             "by_endpoint": Counter(),
+            # wall-clock arrival (after latency) of the first and the last request, and of each
+            # violation: the bench tells start-up, sending and tail apart with them
+            "first_at": None,
+            "last_at": None,
+            "violations_at": [],
         }
 
     def stats(self) -> dict[str, Any]:
@@ -293,9 +298,13 @@ class Simulator:
         if account == DENIED_ACCOUNT:
             st["auth_failures"] += 1
             return self.denied_error(request, account)
+        arrived = time.time()
+        st["first_at"] = st["first_at"] or arrived
+        st["last_at"] = arrived
         over = self._quota(account)
         if over is not None:
             st["violations"] += 1
+            st["violations_at"].append(arrived)
             st["violations_by_scope"][over[0]] += 1
             return self._with_usage(self.throttle_error(request, over[0], account, over[1]), account)
         # every request type (create, poll, page, download, stream) can fail any of these ways,
