@@ -165,6 +165,26 @@ def _safe_url(url: httpx.URL) -> str:
     return redact(parts.path + (f"?{parts.query}" if parts.query else ""))
 
 
+class _LateWrite(Exception):
+    """Raised inside httpcore just before a request's first byte, when its permit has expired."""
+
+
+def _write_deadline(latest: float) -> Callable[[str, Any], Awaitable[None]]:
+    """An httpcore ``trace`` hook that refuses to write the request after ``latest``.
+
+    The session checks its permit before handing the request to httpx, but the pool, a new
+    connection and a busy event loop can still delay the write by tens of milliseconds, and a
+    late write arrives bunched with later permits (the platform counts arrivals). Checked at the
+    last moment before the first byte; raising there closes that connection, sends nothing.
+    """
+
+    async def trace(event: str, info: Any) -> None:
+        if event.endswith("send_request_headers.started") and time.time() > latest:
+            raise _LateWrite()
+
+    return trace
+
+
 class HttpSession:
     """The one network seam of a fetch: every request of one report goes through here.
 
@@ -235,18 +255,27 @@ class HttpSession:
             if self._bearer is not None:  # refresh-token credentials: asked after the gate, so never stale on send
                 token = await self._bearer(rejected)
                 headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
-            if latest is None or time.time() <= latest or late == self.MAX_LATE_PERMITS:
-                break
-            self.late_permits += 1  # its slot passed while this process was busy: take a new one
+            last_chance = late == self.MAX_LATE_PERMITS
+            if latest is not None and time.time() > latest and not last_chance:
+                self.late_permits += 1  # its slot passed while this process was busy: take a new one
+                continue
+            started = time.perf_counter()
+            try:
+                guard = {} if latest is None or last_chance else {"trace": _write_deadline(latest)}
+                response = await self.client.request(method, url, params=params, json=json_body, data=data,
+                                                     headers=headers, extensions=guard)
+                body = await response.aread()
+            except _LateWrite:
+                self.late_permits += 1  # nothing was written: the platform never saw it; a new permit
+                continue
+            except httpx.TimeoutException as exc:
+                self.requests += 1
+                raise Timeout(f"{method} {_safe_url(httpx.URL(url))} timed out ({type(exc).__name__})") from None
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                self.requests += 1
+                raise Transient(f"{method} {_safe_url(httpx.URL(url))} failed: {type(exc).__name__}") from None
+            break
         self.requests += 1
-        started = time.perf_counter()
-        try:
-            response = await self.client.request(method, url, params=params, json=json_body, data=data, headers=headers)
-            body = await response.aread()
-        except httpx.TimeoutException as exc:
-            raise Timeout(f"{method} {_safe_url(httpx.URL(url))} timed out ({type(exc).__name__})") from None
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise Transient(f"{method} {_safe_url(httpx.URL(url))} failed: {type(exc).__name__}") from None
         elapsed = (time.perf_counter() - started) * 1000
         self.pages.append(
             RawPage(method, _safe_url(response.request.url), response.status_code,
