@@ -48,7 +48,6 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     for rate in (0.10, 0.20):
         out.append((f"faults {rate:.0%}", {
             "kind": "pipeline", **nightly, "fault_rate": rate, "faults": RECOVERABLE, "meta_mode": "async",
-            "quota_margin": 1.0,  # configured quota = the server's, exactly
             "page_size": 2}))
     # issue 15: the refetch window (Meta 28, Google 30, Yahoo 30 days) against the same night without it
     out.append(("late data", {

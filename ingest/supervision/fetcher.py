@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import date
+from typing import Any
 
 import httpx
 import structlog
@@ -106,12 +107,15 @@ class QuotaLink:
         self._token = got
         return got.value.get()
 
-    async def gate(self, account: str | None = None) -> float:
+    async def gate(self, account: str | None = None) -> float | None:
         """Wait for this request's slot of the media's schedule; return the latest time it may
         still be sent (its slot + ``late_send_s``): a send later than that would arrive bunched
-        with the next permits and overrun the platform's window."""
+        with the next permits and overrun the platform's window. None when the schedule had
+        room (``MediaSupervisor.permits``): no deadline."""
         while (send_at := await self._permit(account)) < 0:
             await asyncio.sleep(-send_at)  # the account is paused (its throttle's hint): ask again then
+        if send_at == 0.0:
+            return None
         delay = send_at - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -221,20 +225,21 @@ class ReportFetcher:
             except IngestError as store_exc:
                 log.warning("failed_raw_not_kept", report=str(key), error=str(store_exc))
             raise error from None
-        raw_bytes = await asyncio.to_thread(self.store.put_json, paths.raw_json, session.raw_document())
         # CSVs last: the BigQuery load reads *.csv, so a report is visible only once complete.
         # One per day (a range report is split here), rows in campaign order so that equal
         # content gives equal bytes: the digest tells the ledger whether the day changed.
         by_day: dict[date, list[Row]] = {d: [] for d in key.days()}
         for row in rows:
             by_day[row.date].append(row)
-        days, written = [], raw_bytes
+        days, csvs = [], []
         for day, day_rows in by_day.items():
             day_rows.sort(key=lambda r: r.campaign_id)
             body = rows_to_csv(day_rows)
             name = paths.day_csv(day)
-            written += await asyncio.to_thread(self.store.put, name, body, "text/csv")
+            csvs.append((name, body))
             days.append(DayResult(day, Totals.from_rows(day_rows), hashlib.sha256(body).hexdigest(), paths.uri(name)))
+        # every object of the report in one hop to a thread (each hop costs a wake-up of the loop)
+        written = await asyncio.to_thread(self._land, paths.raw_json, session.raw_document(), csvs)
         return ReportResult(
             key=key,
             totals=Totals.from_rows(rows),
@@ -244,6 +249,13 @@ class ReportFetcher:
             elapsed_s=time.perf_counter() - started,
             days=tuple(days),
         )
+
+    def _land(self, raw_name: str, raw: dict[str, Any], csvs: list[tuple[str, bytes]]) -> int:
+        """Raw exchanges first, then the CSVs in order; the bytes written."""
+        written = self.store.put_json(raw_name, raw)
+        for name, body in csvs:
+            written += self.store.put(name, body, "text/csv")
+        return written
 
     def _check_rows(self, key: ReportKey, rows: list[Row]) -> None:
         """A report must hold only its own (media, account, dates) and each campaign once a day."""

@@ -119,13 +119,23 @@ class MediaSupervisor:
         account-scoped throttle gets ``-seconds`` left instead: it asks again then and gets a
         slot of the schedule like any request (its requests never go out together when the
         pause ends); the other accounts do not wait.
+
+        ``0.0`` means: the schedule had room, send now, no deadline. Only a permit the schedule
+        had to place in the future carries a send time, and with it a deadline for the write
+        (``QuotaLink.gate``): lateness can bunch arrivals only where the rate is the limit, and
+        refusing a late write costs a connection, which a CPU-bound night below its quota
+        would pay on every request for nothing.
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
         out = []
         for account in accounts:
             paused = self._account_pause.get(account, 0.0) - self.clock() if account is not None else 0.0
-            out.append(-paused if paused > 0 else time.time() + self.limiter.reserve())
+            if paused > 0:
+                out.append(-paused)
+                continue
+            wait = self.limiter.reserve()
+            out.append(time.time() + wait if wait > 0 else 0.0)
         return out
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,

@@ -118,6 +118,25 @@ def test_gate_holds_the_rate_in_real_time() -> None:
     assert asyncio.run(go()) >= 0.95  # 21 permits at 20/s with burst 1 need ≥ 1 s
 
 
+def test_only_a_permit_the_schedule_had_to_delay_carries_a_deadline() -> None:
+    """Room in the schedule: send now, no deadline (a late write cannot overrun a quota we are
+    below). Where the rate is the limit: a send time, and the write's deadline after it."""
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.02), _never)
+
+    async def go() -> tuple[list[float], list[float | None]]:
+        times = await sup.permits(None, [None, None, None])
+        gate = link(sup).gate
+        return times, [await gate() for _ in range(2)]
+
+    before = time.time()
+    times, deadlines = asyncio.run(go())
+    assert times[0] == 0.0  # the first: the schedule was idle
+    assert times[1] >= before + 0.045 and times[2] >= times[1] + 0.045  # the next: 1/20 s apart
+    assert all(d is not None and d > before + 0.15 for d in deadlines)  # still queued: slot + 20 ms each
+    idle = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1), _never)
+    assert asyncio.run(link(idle).gate()) is None
+
+
 def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
     """A busy fetcher costs the supervisor one call per burst of requests, not one per request
     (each still gets its own slot of the schedule); an account paused by its throttle does not
