@@ -25,6 +25,7 @@ from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.clients import gcs_client
 from ingest.storage import ReportStore
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, SupervisorGone, build_connector
+from ingest.supervision.limiter import Permit
 from ingest.supervision.metrics import PipelineMetrics
 from ingest.supervision.placement import Placement
 from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
@@ -144,7 +145,7 @@ class SupervisorActor:
                 self.metrics.observe(event)
             yield batch
 
-    async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[float]:
+    async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
         return await self.core.permits(utilization, accounts)
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,

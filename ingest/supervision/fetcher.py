@@ -28,7 +28,7 @@ from ingest.media.base import (ConnectorSettings, Connector, HttpSession, Reques
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken
 from ingest.storage import ReportPaths, ReportStore
-from ingest.supervision.limiter import poll_interval
+from ingest.supervision.limiter import Permit, poll_interval
 from ingest.tasks import DayResult, ReportKey, ReportResult, Totals
 
 log = structlog.get_logger("ingest.fetcher")
@@ -71,7 +71,7 @@ class QuotaLink:
 
     def __init__(
         self,
-        permits: Callable[[float | None, list[str | None]], Awaitable[list[float]]],
+        permits: Callable[[float | None, list[str | None]], Awaitable[list[Permit]]],
         acquire_job: Callable[[ReportKey], Awaitable[None]],
         release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
@@ -81,7 +81,7 @@ class QuotaLink:
         late_s: float = 0.02,
     ) -> None:
         self._permits = permits
-        self._waiting: list[tuple[str | None, asyncio.Future[float]]] = []
+        self._waiting: list[tuple[str | None, asyncio.Future[Permit]]] = []
         self._asking: asyncio.Task[None] | None = None
         self._late_s = late_s
         self._request_failed = request_failed
@@ -110,19 +110,17 @@ class QuotaLink:
     async def gate(self, account: str | None = None) -> float | None:
         """Wait for this request's slot of the media's schedule; return the latest time it may
         still be sent (its slot + ``late_send_s``): a send later than that would arrive bunched
-        with the next permits and overrun the platform's window. None when the schedule had
-        room (``MediaSupervisor.permits``): no deadline."""
-        while (send_at := await self._permit(account)) < 0:
-            await asyncio.sleep(-send_at)  # the account is paused (its throttle's hint): ask again then
-        if send_at == 0.0:
-            return None
-        delay = send_at - time.time()
+        with the next permits and overrun the platform's window. None when the permit carries no
+        deadline (its window is far below the quota: ``MediaSupervisor.permits``)."""
+        while (permit := await self._permit(account)).send_at < 0:
+            await asyncio.sleep(-permit.send_at)  # the account is paused (its throttle's hint): ask again then
+        delay = permit.send_at - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        return send_at + self._late_s
+        return permit.send_at + self._late_s if permit.deadline else None
 
-    async def _permit(self, account: str | None) -> float:
-        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    async def _permit(self, account: str | None) -> Permit:
+        waiter: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
         self._waiting.append((account, waiter))
         if self._asking is None or self._asking.done():
             self._asking = asyncio.create_task(self._ask())

@@ -15,6 +15,16 @@ import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Hashable
+from typing import NamedTuple
+
+
+class Permit(NamedTuple):
+    """One request's place in the media's schedule, as the supervisor hands it to a fetcher."""
+
+    #: ``time.time()`` to send at; negative: the account is paused, ask again in ``-send_at`` s
+    send_at: float
+    #: whether the write must start within ``late_send_s`` of ``send_at`` (``RateLimiter.crowded``)
+    deadline: bool = True
 
 
 class RateLimiter:
@@ -71,6 +81,13 @@ class RateLimiter:
         while self._sends and self._sends[0] < now - self.WINDOW_S:
             self._sends.popleft()
         return send_at - now
+
+    def crowded(self) -> bool:
+        """Whether the last permit's window holds at least half the window's limit: only there
+        can a late write bunch arrivals over the quota (one late send needs more than
+        ``late_s`` + 4 × jitter of lateness to break the window guard even then)."""
+        half = max(1, self.window_limit // 2)
+        return len(self._recent) >= half and self._recent[-half] > self._recent[-1] - self.window_s
 
     def observe_usage(self, utilization: float) -> None:
         """Follow the platform's own usage report: slow down *before* it throttles.

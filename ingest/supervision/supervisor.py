@@ -23,7 +23,7 @@ from ingest.config import MediaSettings, RestartSettings
 from ingest.errors import AuthError, IngestError, JobFailed, Malformed, RetriableError, Throttled
 from ingest.media.tokens import AccessToken, TokenCache
 from ingest.supervision.breaker import CircuitBreaker
-from ingest.supervision.limiter import JobSlots, RateLimiter
+from ingest.supervision.limiter import JobSlots, Permit, RateLimiter
 from ingest.supervision.placement import fetchers_for
 from ingest.supervision.policy import RetryPolicy
 from ingest.tasks import Event, ReportKey, ReportResult
@@ -109,7 +109,7 @@ class MediaSupervisor:
         self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0}
 
     # -- quota: every request of every fetcher of this media comes through here ----------
-    async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[float]:
+    async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
         """Reserve one request of the media's budget per entry (a fetcher's requests waiting at
         the same moment: one call, not one each); return each one's send time (``time.time()``).
 
@@ -120,11 +120,10 @@ class MediaSupervisor:
         slot of the schedule like any request (its requests never go out together when the
         pause ends); the other accounts do not wait.
 
-        ``0.0`` means: the schedule had room, send now, no deadline. Only a permit the schedule
-        had to place in the future carries a send time, and with it a deadline for the write
-        (``QuotaLink.gate``): lateness can bunch arrivals only where the rate is the limit, and
-        refusing a late write costs a connection, which a CPU-bound night below its quota
-        would pay on every request for nothing.
+        A permit carries a deadline for its write (``QuotaLink.gate``) only where its window
+        holds at least half the quota (``RateLimiter.crowded``): lateness can bunch arrivals
+        over the quota only where the rate is the limit, and refusing a late write costs a
+        connection, which a CPU-bound night far below its quota would pay for nothing.
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
@@ -132,10 +131,9 @@ class MediaSupervisor:
         for account in accounts:
             paused = self._account_pause.get(account, 0.0) - self.clock() if account is not None else 0.0
             if paused > 0:
-                out.append(-paused)
+                out.append(Permit(-paused))
                 continue
-            wait = self.limiter.reserve()
-            out.append(time.time() + wait if wait > 0 else 0.0)
+            out.append(Permit(time.time() + self.limiter.reserve(), self.limiter.crowded()))
         return out
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,

@@ -24,7 +24,7 @@ from ingest.media.base import HttpSession
 from ingest.media.meta import MetaConnector
 from ingest.media.yahoo_ads import YahooAdsConnector
 from ingest.supervision.fetcher import QuotaLink
-from ingest.supervision.limiter import JobSlots, RateLimiter
+from ingest.supervision.limiter import JobSlots, Permit, RateLimiter
 from ingest.supervision.supervisor import MediaSupervisor
 from ingest.tasks import ReportKey
 
@@ -118,23 +118,21 @@ def test_gate_holds_the_rate_in_real_time() -> None:
     assert asyncio.run(go()) >= 0.95  # 21 permits at 20/s with burst 1 need ≥ 1 s
 
 
-def test_only_a_permit_the_schedule_had_to_delay_carries_a_deadline() -> None:
-    """Room in the schedule: send now, no deadline (a late write cannot overrun a quota we are
-    below). Where the rate is the limit: a send time, and the write's deadline after it."""
+def test_only_a_permit_in_a_crowded_window_carries_a_deadline() -> None:
+    """Far below the quota a late write cannot overrun it: no deadline. From half the window's
+    limit on, the permit's write must start within late_send_s of its slot."""
     sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.02), _never)
 
-    async def go() -> tuple[list[float], list[float | None]]:
-        times = await sup.permits(None, [None, None, None])
+    async def go() -> list[float | None]:
         gate = link(sup).gate
-        return times, [await gate() for _ in range(2)]
+        return [await gate() for _ in range(12)]
 
     before = time.time()
-    times, deadlines = asyncio.run(go())
-    assert times[0] == 0.0  # the first: the schedule was idle
-    assert times[1] >= before + 0.045 and times[2] >= times[1] + 0.045  # the next: 1/20 s apart
-    assert all(d is not None and d > before + 0.15 for d in deadlines)  # still queued: slot + 20 ms each
-    idle = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1), _never)
-    assert asyncio.run(link(idle).gate()) is None
+    deadlines = asyncio.run(go())
+    assert deadlines[:9] == [None] * 9  # 9 in the window: below half of 20
+    assert all(d is not None and d > before + 0.45 for d in deadlines[9:])  # slot (≥ 0.45 s in) + 20 ms
+    permits = asyncio.run(sup.permits(None, [None, None]))
+    assert [p.deadline for p in permits] == [True, True] and permits[1].send_at >= permits[0].send_at + 0.045
 
 
 def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
@@ -146,7 +144,7 @@ def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
     sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=1000, burst=100), _never)
     calls: list[int] = []
 
-    async def permits(utilization: float | None, accounts: list[str | None]) -> list[float]:
+    async def permits(utilization: float | None, accounts: list[str | None]) -> list[Permit]:
         calls.append(len(accounts))
         await asyncio.sleep(0.005)  # a Ray call's round trip: more requests arrive meanwhile
         return await sup.permits(utilization, accounts)
@@ -281,10 +279,10 @@ def test_a_late_permit_is_given_up_not_sent_bunched() -> None:
     window. The measured cause of the bench's last self-caused throttles."""
     calls: list[float] = []
 
-    async def permit(_u: float | None, accounts: list[str | None]) -> list[float]:
+    async def permit(_u: float | None, accounts: list[str | None]) -> list[Permit]:
         calls.append(time.time())
         # the first permit's slot is already 50 ms past when it arrives; the next is on time
-        return [time.time() - (0.05 if len(calls) == 1 else 0.0) for _ in accounts]
+        return [Permit(time.time() - (0.05 if len(calls) == 1 else 0.0)) for _ in accounts]
 
     async def _job(_k: Any) -> None:
         return None
@@ -305,8 +303,8 @@ def test_a_late_permit_is_given_up_not_sent_bunched() -> None:
 
 
 def test_a_process_always_late_still_sends() -> None:
-    async def permit(_u: float | None, accounts: list[str | None]) -> list[float]:
-        return [time.time() - 1.0 for _ in accounts]
+    async def permit(_u: float | None, accounts: list[str | None]) -> list[Permit]:
+        return [Permit(time.time() - 1.0) for _ in accounts]
 
     async def _job(_k: Any) -> None:
         return None
