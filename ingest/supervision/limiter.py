@@ -23,7 +23,7 @@ class Permit(NamedTuple):
 
     #: ``time.time()`` to send at; negative: the account is paused, ask again in ``-send_at`` s
     send_at: float
-    #: whether the write must start within ``late_send_s`` of ``send_at`` (``RateLimiter.crowded``)
+    #: whether the write must start within ``late_send_s`` of ``send_at`` (``RateLimiter.binding``)
     deadline: bool = True
 
 
@@ -55,6 +55,7 @@ class RateLimiter:
         # A sender may also use its permit up to ``late_s`` after its send time (a busy process;
         # later than that it takes a new permit, see QuotaLink.gate), so that is added too.
         self.window_s = window_s
+        self.late_s = late_s
         self.guard_s = 2 * jitter_s + late_s
         self.window_limit = max(1, int(rate * window_s + 1e-9))
         self._recent: deque[float] = deque(maxlen=self.window_limit)
@@ -82,10 +83,13 @@ class RateLimiter:
             self._sends.popleft()
         return send_at - now
 
-    def crowded(self) -> bool:
-        """Whether the last permit's window holds at least half the window's limit: only there
-        can a late write bunch arrivals over the quota (one late send needs more than
-        ``late_s`` + 4 × jitter of lateness to break the window guard even then)."""
+    def binding(self, wait: float) -> bool:
+        """Whether the rate binds the permit just reserved (``wait``: what ``reserve`` returned):
+        it queued behind others for longer than the late allowance, or its window holds at least
+        half the window's limit. Only there can a late write bunch arrivals over the quota; far
+        below it, pacing alone is enough."""
+        if wait > self.late_s:
+            return True
         half = max(1, self.window_limit // 2)
         return len(self._recent) >= half and self._recent[-half] > self._recent[-1] - self.window_s
 

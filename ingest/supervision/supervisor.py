@@ -120,10 +120,10 @@ class MediaSupervisor:
         slot of the schedule like any request (its requests never go out together when the
         pause ends); the other accounts do not wait.
 
-        A permit carries a deadline for its write (``QuotaLink.gate``) only where its window
-        holds at least half the quota (``RateLimiter.crowded``): lateness can bunch arrivals
-        over the quota only where the rate is the limit, and refusing a late write costs a
-        connection, which a CPU-bound night far below its quota would pay for nothing.
+        A permit carries a deadline for its write (``QuotaLink.gate``) only where the rate binds
+        it (``RateLimiter.binding``: it queued, or its window holds half the quota): lateness can
+        bunch arrivals over the quota only there, and refusing a late write costs a connection,
+        which a CPU-bound night far below its quota would pay for nothing.
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
@@ -133,7 +133,8 @@ class MediaSupervisor:
             if paused > 0:
                 out.append(Permit(-paused))
                 continue
-            out.append(Permit(time.time() + self.limiter.reserve(), self.limiter.crowded()))
+            wait = self.limiter.reserve()
+            out.append(Permit(time.time() + wait, self.limiter.binding(wait)))
         return out
 
     async def request_failed(self, key: ReportKey, error: IngestError, attempt: int, what: str,

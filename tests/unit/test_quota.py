@@ -118,21 +118,25 @@ def test_gate_holds_the_rate_in_real_time() -> None:
     assert asyncio.run(go()) >= 0.95  # 21 permits at 20/s with burst 1 need ≥ 1 s
 
 
-def test_only_a_permit_in_a_crowded_window_carries_a_deadline() -> None:
-    """Far below the quota a late write cannot overrun it: no deadline. From half the window's
-    limit on, the permit's write must start within late_send_s of its slot."""
-    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.02), _never)
+def test_only_a_permit_the_rate_binds_carries_a_deadline() -> None:
+    """Far below the quota a late write cannot overrun it: no deadline. A permit that queued
+    longer than late_send_s, or whose window holds half the quota, must start its write within
+    late_send_s of its slot."""
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.06), _never)
 
-    async def go() -> list[float | None]:
+    async def one_at_a_time() -> list[float | None]:
         gate = link(sup).gate
         return [await gate() for _ in range(12)]
 
     before = time.time()
-    deadlines = asyncio.run(go())
-    assert deadlines[:9] == [None] * 9  # 9 in the window: below half of 20
-    assert all(d is not None and d > before + 0.45 for d in deadlines[9:])  # slot (≥ 0.45 s in) + 20 ms
-    permits = asyncio.run(sup.permits(None, [None, None]))
-    assert [p.deadline for p in permits] == [True, True] and permits[1].send_at >= permits[0].send_at + 0.045
+    deadlines = asyncio.run(one_at_a_time())
+    assert deadlines[:9] == [None] * 9  # each waits 50 ms (< 60), 9 in the window: below half of 20
+    assert all(d is not None and d > before + 0.45 for d in deadlines[9:])  # slot (≥ 0.45 s in) + 60 ms
+    queued = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.06),
+                             _never)
+    permits = asyncio.run(queued.permits(None, [None, None, None]))  # asked together: the third waits 100 ms
+    assert [p.deadline for p in permits] == [False, False, True]
+    assert permits[2].send_at >= permits[1].send_at + 0.045 >= permits[0].send_at + 0.09
 
 
 def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
