@@ -128,13 +128,20 @@ def test_only_a_permit_the_rate_binds_carries_a_deadline() -> None:
         gate = link(sup).gate
         return [await gate() for _ in range(12)]
 
+    def after_the_first_window() -> MediaSupervisor:
+        sup.limiter._recent.extend([time.monotonic() - 5.0] * sup.limiter.window_limit)  # a quiet night so far
+        return sup
+
+    assert all(p.deadline for p in asyncio.run(sup.permits(None, [None] * 20)))  # the night's first window
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.06), _never)
+    after_the_first_window()
     before = time.time()
     deadlines = asyncio.run(one_at_a_time())
     assert deadlines[:9] == [None] * 9  # each waits 50 ms (< 60), 9 in the window: below half of 20
     assert all(d is not None and d > before + 0.45 for d in deadlines[9:])  # slot (≥ 0.45 s in) + 60 ms
-    queued = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.06),
-                             _never)
-    permits = asyncio.run(queued.permits(None, [None, None, None]))  # asked together: the third waits 100 ms
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=20, burst=1, late_send_s=0.06), _never)
+    after_the_first_window()
+    permits = asyncio.run(sup.permits(None, [None, None, None]))  # asked together: the third waits 100 ms
     assert [p.deadline for p in permits] == [False, False, True]
     assert permits[2].send_at >= permits[1].send_at + 0.045 >= permits[0].send_at + 0.09
 
