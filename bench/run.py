@@ -151,6 +151,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                          "requests over the minimum "
                          f"per media (goal ≤ 1.15): {per}; wall/bound {r['wall_over_bound']:.2f} (goal ≤ 1.20); "
                          f"violations {r['violations']} (goal 0)")
+    for name in ("nightly", "faults 10%", "faults 20%"):
+        line = quota_line(name, results.get(name, {}))
+        if line:
+            lines.append(line)
     late = results.get("late data", {})
     if "requests_per_account" in late:
         per = ", ".join(f"{m} {v['with_lookback']:.2f} vs {v['no_lookback']:.2f} "
@@ -183,6 +187,22 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                      f"{pub['publish_rows_per_s']:,.0f} rows/s vs raw COPY "
                      f"{pub['copy_rows_per_s']:,.0f} rows/s → {ratio:.2f} of COPY (goal ≥ 0.8)")
     return "\n".join(lines)
+
+
+def quota_line(name: str, r: dict[str, Any]) -> str | None:
+    """Issue 17's quota figures: wall over the bound split into the start-up (Ray up → the first
+    request: actor processes starting) and the sending (first request → last report landed)."""
+    media = [v for v in r.get("media", {}).values() if "first_request_s" in v and "last_report_s" in v]
+    if not media:
+        return None
+    first = min(v["first_request_s"] for v in media)
+    sending = max(v["last_report_s"] for v in media) - first
+    startup = max(0.0, r["wall_s"] - sending)
+    worst = max((v["last_report_s"] - v["first_request_s"]) / v["bound_s"] for v in media)
+    failures = f"; failed: {'; '.join(r['first_failures'])}" if r.get("first_failures") else ""
+    return (f"quota ({name}): wall/bound {r['wall_over_bound']:.2f} (goal ≤ 1.10) = start-up {startup:.1f}s "
+            f"(Ray up → first request) + sending {sending:.1f}s; sending/bound {sending / r['bound_s']:.2f}, "
+            f"worst media {worst:.2f}; self-caused violations {r['violations']} (goal 0){failures}")
 
 
 def main() -> int:

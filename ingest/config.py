@@ -89,9 +89,11 @@ class QuotaSettings(Strict):
     arrival_jitter_s: float = Field(0.02, ge=0, le=1, description="how much the network may shift arrivals: any "
                                     "window of sends is kept 2 × this longer, so the platform never sees a burst "
                                     "we did not send (requests_per_second can equal the platform's quota)")
-    late_send_s: float = Field(0.02, ge=0, le=1, description="a request whose permit's send time passed more than "
-                               "this long ago (a busy process) takes a new permit instead of going out late and "
-                               "bunched; windows of sends are kept this much longer as well")
+    late_send_s: float = Field(0.02, ge=0, le=1, description="where the rate binds (a queue of permits, a window "
+                               "half full, the night's first window), a request whose first byte would leave more "
+                               "than this long after its permit's send time (a busy process) sends nothing and "
+                               "takes a new permit instead of going out late and bunched; windows of sends are "
+                               "kept this much longer as well")
     poll_min_s: float = Field(0.2, gt=0)
     poll_max_s: float = Field(30.0, gt=0)
     pause_after_throttles: int = Field(
