@@ -259,6 +259,7 @@ class HttpSession:
             if latest is not None and time.time() > latest and not last_chance:
                 self.late_permits += 1  # its slot passed while this process was busy: take a new one
                 continue
+            self.requests += 1
             started = time.perf_counter()
             try:
                 guard = {} if latest is None or last_chance else {"trace": _write_deadline(latest)}
@@ -266,16 +267,14 @@ class HttpSession:
                                                      headers=headers, extensions=guard)
                 body = await response.aread()
             except _LateWrite:
-                self.late_permits += 1  # nothing was written: the platform never saw it; a new permit
+                self.requests -= 1  # nothing was written: the platform never saw it
+                self.late_permits += 1  # a new permit
                 continue
             except httpx.TimeoutException as exc:
-                self.requests += 1
                 raise Timeout(f"{method} {_safe_url(httpx.URL(url))} timed out ({type(exc).__name__})") from None
             except (httpx.TransportError, httpx.DecodingError) as exc:
-                self.requests += 1
                 raise Transient(f"{method} {_safe_url(httpx.URL(url))} failed: {type(exc).__name__}") from None
             break
-        self.requests += 1
         elapsed = (time.perf_counter() - started) * 1000
         self.pages.append(
             RawPage(method, _safe_url(response.request.url), response.status_code,

@@ -92,8 +92,8 @@ class RateLimiter:
         write bunch arrivals over the quota; far below it, pacing alone is enough."""
         if wait > self.late_s or len(self._recent) < self.window_limit:
             return True
-        half = max(1, self.window_limit // 2)
-        return len(self._recent) >= half and self._recent[-half] > self._recent[-1] - self.window_s
+        half = max(1, self.window_limit // 2)  # the window is full from here on: its half-th latest
+        return self._recent[-half] > self._recent[-1] - self.window_s
 
     def observe_usage(self, utilization: float) -> None:
         """Follow the platform's own usage report: slow down *before* it throttles.
