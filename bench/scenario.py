@@ -63,7 +63,7 @@ def build_config(spec: dict[str, Any], workdir: Path) -> Any:
             "timeout_s": spec.get("timeout_s", 2.0),
             # configured as an operator would: the platform's quota, and the network's jitter (the
             # simulated one): the limiter's window guard keeps arrivals within the quota
-            "quota": {"requests_per_second": m["quota_rps"] * spec.get("quota_margin", 1.0), "burst": 1,
+            "quota": {"requests_per_second": m["quota_rps"], "burst": 1,
                       "arrival_jitter_s": spec.get("arrival_jitter_s", spec["jitter_ms"] / 1000),
                       "max_concurrent_jobs": 64, "poll_min_s": 0.05, "poll_max_s": 1.0},
             "retry": {"max_attempts": 8, "backoff_min_s": 0.05, "backoff_max_s": 2.0},
