@@ -360,7 +360,8 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         if days > cfg.max_backfill_days:
             raise UsageError(f"{days} days is more than max_backfill_days={cfg.max_backfill_days}; split the range")
         dates = [args.date_from + timedelta(days=i) for i in range(days)]
-        req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over)
+        req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over,
+                         ranges=True)
         return run_job(cfg, req, args.json)
     if args.command == "ui":
         from ingest.ui import serve

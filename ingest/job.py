@@ -74,6 +74,11 @@ class RunRequest:
     #: also refetch each media's ``lookback_days`` before the (latest) date: the nightly does,
     #: so late conversions reach the marts; rerun and backfill fetch exactly what they name
     lookback: bool = False
+    #: fetch each account's consecutive dates still to do as one range report (``backfill``):
+    #: one API flow per account and range instead of one per day — the quota, the requests and
+    #: the CPU of a 30-day backfill shrink about 30×; the ledger still keeps each day on its own.
+    #: ``rerun --failed`` leaves it off: day by day, one bad day cannot fail its neighbours again.
+    ranges: bool = False
 
 
 @dataclass
@@ -119,10 +124,28 @@ def refetch_ranges(media: str, account: str, latest: date, lookback: int, exclud
     """``lookback`` days before ``latest`` (minus ``exclude``) as contiguous ranges of at most
     MAX_RANGE_DAYS, oldest first."""
     days = [latest - timedelta(days=i) for i in range(lookback, 0, -1)]
+    return _contiguous(media, account, [d for d in days if d not in exclude])
+
+
+def as_ranges(keys: list[ReportKey]) -> list[ReportKey]:
+    """Each account's one-day reports merged into ranges of consecutive days (at most
+    MAX_RANGE_DAYS each, a gap starts a new one); range reports are kept as they are."""
+    days: dict[tuple[str, str], list[date]] = defaultdict(list)
+    out: list[ReportKey] = []
+    for key in keys:
+        if key.span > 1:
+            out.append(key)
+        else:
+            days[(key.media, key.account)].append(key.day)
+    for (media, account), dates in days.items():
+        out.extend(_contiguous(media, account, sorted(set(dates))))
+    return out
+
+
+def _contiguous(media: str, account: str, days: list[date]) -> list[ReportKey]:
+    """Ascending ``days`` as ranges of consecutive days of at most MAX_RANGE_DAYS."""
     out: list[ReportKey] = []
     for day in days:
-        if day in exclude:
-            continue
         prev = out[-1] if out else None
         if prev is not None and prev.last + timedelta(days=1) == day and prev.span < MAX_RANGE_DAYS:
             out[-1] = ReportKey(media, account, prev.day, prev.span + 1)
@@ -184,17 +207,20 @@ class NightlyJob:
         # the refetch window is fetched every night (that is its point).
         todo = all_keys if req.force else [k for k in all_keys
                                            if k.span > 1 or states.get(k, {}).get("status") != TaskStatus.DONE]
+        todo_set = set(todo)
+        skipped = [k for k in all_keys if k not in todo_set]
+        if req.ranges:  # after the done days are left out: a resumed backfill fetches only its gaps
+            todo = as_ranges(todo)
         if taken:
             log.warning("stale_locks_taken_over", from_runs=taken)
         report = RunReport(run_id, RunOutcome.RUNNING, EXIT_SUCCESS, RunCounts.empty(req.media))
-        todo_set = set(todo)
-        for key in all_keys:
+        for key in todo + skipped:  # reports: a range is one, a day already done is one skipped
             report.media[key.media].planned += 1
-            if key not in todo_set:
-                report.media[key.media].skipped += 1
-        log.info("run_planned", kind=req.kind, dates=[d.isoformat() for d in req.dates], reports=len(all_keys),
-                 to_fetch=len(todo), refetch_ranges=sum(1 for k in todo if k.span > 1),
-                 refetch_days=len(touched) - len(req.dates))
+        for key in skipped:
+            report.media[key.media].skipped += 1
+        log.info("run_planned", kind=req.kind, dates=[d.isoformat() for d in req.dates],
+                 reports=len(todo) + len(skipped), to_fetch=len(todo),
+                 ranges=sum(1 for k in todo if k.span > 1), refetch_days=len(touched) - len(req.dates))
         self.ledger.plan(run_id, todo)
         beat = _Heartbeat(self.ledger, run_id, self.cfg.lock_stale_s / 4)
         try:

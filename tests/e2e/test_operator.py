@@ -106,7 +106,16 @@ def test_rerun_one_media_one_date_changes_only_that_partition(stack, make_config
     assert code == EXIT_SUCCESS, out
     summary = json.loads(out)
     assert sorted(summary["partitions"]) == sorted(f"{m}/{d}" for m in cfg.media for d in (D1, D2))
-    assert sum(m["done"] for m in summary["media"].values()) == report_count(cfg, 2)
+    # one range report per account covers both days (its exchanges under window/, a CSV per day)
+    assert sum(m["done"] for m in summary["media"].values()) == report_count(cfg, 1)
+    assert {n for n in gcs_objects(cfg) if n.endswith(".json")} == \
+        {f"raw/{m}/window/{D1}_{D2}/{a}.json" for m in cfg.media for a in cfg.media[m].account_ids()}
+    # started again it resumes: every day is done, so nothing is fetched
+    requests = sim_requests(stack)
+    code, out, _ = cli(capsys, "--config", path, "backfill", "--from", str(D1), "--to", str(D2), "--json")
+    assert code == EXIT_SUCCESS, out
+    again = json.loads(out)["media"]
+    assert sum(m["skipped"] for m in again.values()) == report_count(cfg, 2) and sim_requests(stack) == requests
 
     # mark rows that must survive (other media on D1, meta on D2) and rows that must be restored (meta D1)
     client = bq(cfg)
@@ -134,8 +143,10 @@ def test_rerun_one_media_one_date_changes_only_that_partition(stack, make_config
 
     # GCS: only meta/D1 objects were rewritten (new generation; same rows — the .json also records timings)
     now_objects = gcs_objects(cfg)
-    assert now_objects.keys() == objects.keys()
     prefix = f"raw/meta/dt={D1}/"
+    # new: the rerun's own exchanges (one day); the backfill's range exchanges stay as its record
+    assert now_objects.keys() - objects.keys() == {f"{prefix}{a}.json" for a in cfg.media["meta"].account_ids()}
+    assert objects.keys() <= now_objects.keys()
     changed = {n for n in objects if now_objects[n][0] != objects[n][0]}
     assert changed == {n for n in objects if n.startswith(prefix)} and changed
     assert all(now_objects[n][1] == objects[n][1] for n in objects if n.endswith(".csv"))
