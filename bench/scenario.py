@@ -97,25 +97,41 @@ def minimum_requests(cfg: Any) -> dict[str, int]:
             for m, s in cfg.media.items()}
 
 
-def meta_async_minimum(spec: dict[str, Any], cfg: Any) -> float:
-    """Meta async with small pages: create + one poll + one request per page of the report's rows."""
+def meta_minimum(spec: dict[str, Any], cfg: Any) -> float:
+    """Meta's fewest requests per report: one per page of the report's rows (a range report's
+    days together), plus create and one poll when async."""
     import math
 
+    from ingest.job import MAX_RANGE_DAYS
     from sandbox.truth import truth_rows
 
-    page = spec.get("page_size", 500)
+    # a page holds what the connector asks for (its page_limit option) up to what the simulator serves
+    page = min(cfg.media["meta"].options.get("page_limit", 500), spec.get("page_size", 500))
+    extra = 2 if spec.get("meta_mode") == "async" else 0
     seed = 7
-    counts = [2 + max(1, math.ceil(len(truth_rows("meta", a, d, seed)) / page))
-              for a in cfg.media["meta"].account_ids() for d in dates_of(spec)]
+    days = dates_of(spec)
+    step = MAX_RANGE_DAYS if spec.get("ranges") else 1
+    reports = [days[i:i + step] for i in range(0, len(days), step)]
+    counts = [extra + max(1, math.ceil(sum(len(truth_rows("meta", a, d, seed)) for d in report) / page))
+              for a in cfg.media["meta"].account_ids() for report in reports]
     return sum(counts) / len(counts)
+
+
+def reports_per_account(spec: dict[str, Any]) -> int:
+    """One per date, or (``ranges``: a backfill) one per MAX_RANGE_DAYS consecutive dates."""
+    import math
+
+    from ingest.job import MAX_RANGE_DAYS
+
+    return math.ceil(spec["days"] / MAX_RANGE_DAYS) if spec.get("ranges") else spec["days"]
 
 
 def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int,
             stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Wall vs the quota bound, requests per report vs the flow's minimum, violations."""
     mins: dict[str, float] = dict(minimum_requests(cfg))
-    if spec.get("meta_mode") == "async" and "meta" in mins:
-        mins["meta"] = round(meta_async_minimum(spec, cfg), 3)
+    if "meta" in mins:
+        mins["meta"] = round(meta_minimum(spec, cfg), 3)
     per_media = {}
     bound = 0.0
     for media, st in stats.items():
@@ -123,7 +139,7 @@ def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int,
         faults = st["faults_total"]
         rejected = st["violations"] + st.get("auth_failures", 0) + st.get("down_rejections", 0)
         unavoidable = (st["requests"] - rejected - faults) + faults  # successful + one per injected fault
-        n = spec["media"][media]["accounts"] * spec["days"]
+        n = spec["media"][media]["accounts"] * reports_per_account(spec)
         per_media[media] = {"reports": n, "requests": st["requests"],
                             "requests_per_report": round(st["requests"] / n, 3),
                             "minimum_per_report": mins[media], "faults_injected": faults,
@@ -153,7 +169,7 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     job = NightlyJob(cfg)
     with Sampler() as sampler:
         report = job.execute(RunRequest("backfill", dates, cfg.media_names(), force=True,
-                                        stage2=spec.get("stage2", True)))
+                                        stage2=spec.get("stage2", True), ranges=spec.get("ranges", False)))
     stats = sim_stats(spec)
     reports = sum(m.planned for m in report.media.values())
     # wall = the fetch phase without starting the local Ray itself (a nightly cluster is already up)
@@ -189,6 +205,12 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "total_peak_rss_mb": round(sampler.peak.total_rss_mb, 1),
         "cpu_s_by_process": sampler.cpu_by_group(),
     })
+    # the CPU of our own processes (not the emulators', simulators' or Ray's), per report and per
+    # partition (report-day: what a range report covers several of)
+    ours = sum(v for k, v in out["cpu_s_by_process"].items() if k in ("fetchers", "supervisors", "driver"))
+    partitions = sum(m["accounts"] for m in spec["media"].values()) * spec["days"]
+    out.update({"partitions": partitions, "our_cpu_ms_per_report": round(ours / reports * 1000, 2),
+                "our_cpu_ms_per_partition": round(ours / partitions * 1000, 2)})
     if report.stage2 is not None:
         s2 = report.stage2
         out["stage2"] = {"seconds": round(report.stage2_s, 2), "dates": len(dates), "partitions": len(s2.partitions),
