@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.errors import IngestError
 from ingest.outcomes import PartitionStatus, RunCounts, RunOutcome, TaskStatus
-from ingest.tasks import DayResult, Event, ReportKey, ReportResult, Totals
+from ingest.tasks import DayResult, Event, ReportKey, Totals
 
 
 metadata = sa.MetaData()
@@ -409,13 +409,16 @@ class Ledger:
                     for k in key.day_keys()]
         r = event.result
         out: list[tuple[str, dict[str, Any]]] = []
-        for d in r.days or (DayResult(key.day, r.totals, "", ""),):  # results without days: older callers
-            out.extend(self._land_day(run_id, ReportKey(key.media, key.account, d.day), d, r, event.attempt, at,
-                                      changed, landed, republish))
+        days = r.days or (DayResult(key.day, r.totals, "", ""),)  # results without days: older callers
+        for i, d in enumerate(days):
+            share = _Share(_part(r.requests, i, len(days)), _part(r.bytes, i, len(days)), r.elapsed_s / len(days))
+            out.extend(self._land_day(run_id, ReportKey(key.media, key.account, d.day), d, share, r.paths,
+                                      event.attempt, at, changed, landed, republish))
         return out
 
-    def _land_day(self, run_id: str, key: ReportKey, d: DayResult, r: ReportResult, attempt: int, at: datetime,
-                  changed: set[tuple[str, date]], landed: dict[tuple[str, str, date], tuple[str | None, int]],
+    def _land_day(self, run_id: str, key: ReportKey, d: DayResult, share: _Share, paths: tuple[str, ...], attempt: int,
+                  at: datetime, changed: set[tuple[str, date]],
+                  landed: dict[tuple[str, str, date], tuple[str | None, int]],
                   republish: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """One day of a done report: its sums, and whether its content changed since it was last
         landed (``landed``: what the batch read before). Only a changed day (or a first one)
@@ -424,11 +427,11 @@ class Ledger:
         old_hash, revisions = landed.get(ref, (None, 0))
         differs = not d.digest or d.digest != old_hash
         row = {**_where(key), "status": TaskStatus.DONE, "attempts": attempt, "finished_at": at, "error_kind": None,
-               "error_message": None, "rows": d.totals.rows, "bytes": r.bytes, "requests": r.requests,
+               "error_message": None, "rows": d.totals.rows, "bytes": share.bytes, "requests": share.requests,
                "impressions": d.totals.impressions, "clicks": d.totals.clicks, "spend": d.totals.spend,
                "conversions": d.totals.conversions,
-               "gcs_paths": json.dumps([r.paths[0], d.csv_path] if d.csv_path else list(r.paths)),
-               "duration_s": r.elapsed_s, "content_hash": d.digest or None, "last_fetched_at": at}
+               "gcs_paths": json.dumps([paths[0], d.csv_path] if d.csv_path else list(paths)),
+               "duration_s": share.seconds, "content_hash": d.digest or None, "last_fetched_at": at}
         if differs:
             row.update(revisions=revisions + 1, last_changed_at=at)
         landed[ref] = (d.digest or None, row.get("revisions", revisions))  # the same day again in this batch
@@ -557,3 +560,17 @@ class Ledger:
                 sa.select(stage_steps).where(stage_steps.c.date.in_(set(dates)))
             ).mappings()]
 
+
+class _Share(NamedTuple):
+    """A day's part of its report's requests, bytes and fetch time. A range report's figures are
+    spread over its days so that sums per date, per run and in the UI stay the report's own
+    (recording the whole report on each day counted a 30-day range 30 times)."""
+
+    requests: int
+    bytes: int
+    seconds: float
+
+
+def _part(total: int, i: int, n: int) -> int:
+    """Day ``i`` of ``n``'s integer share of ``total``; the shares add up to ``total``."""
+    return total // n + (1 if i < total % n else 0)

@@ -124,6 +124,9 @@ def test_one_batch_of_events_lands_in_order_as_one_by_one_would(ledger: Ledger) 
         ("1", D2): ("done", 2, None), ("2", D2): ("failed", 1, "auth"), ("3", D1): ("done", 2, None),
         ("3", D2): ("done", 2, None)}
     assert (rows[("3", D1)]["content_hash"], rows[("3", D1)]["rows"], rows[("3", D1)]["revisions"]) == ("h19", 2, 1)
+    # the range report's 3 requests, 9 bytes and 0.5 s are spread over its days, not counted on each
+    assert [(rows[("3", d)]["requests"], rows[("3", d)]["bytes"], rows[("3", d)]["duration_s"]) for d in (D1, D2)] \
+        == [(2, 5, 0.25), (1, 4, 0.25)]
     assert [e["kind"] for e in ledger.events(run)] == ["retry", "retry", "done", "failed", "done", "restart"]
     assert sorted(p[1] for p in ledger.pending_partitions(["meta"], [D1, D2])) == [D1, D2]
 
