@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = sub.add_parser("backfill", parents=[common], epilog=EPILOG,
                               help="fetch a range of dates in one run (resumable)",
                               description="Fetch every date from --from to --to (inclusive) in one run, inside the "
-                                          "same quota budget. Reports already done are skipped, so an interrupted "
+                                          "same quota budget: each account's consecutive dates as one range report "
+                                          "(at most 31 days). Days already done are skipped, so an interrupted "
                                           "backfill resumes when started again.")
     backfill.add_argument("--from", dest="date_from", type=parse_date, required=True, help="first date YYYY-MM-DD")
     backfill.add_argument("--to", dest="date_to", type=parse_date, required=True, help="last date YYYY-MM-DD")
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--json", action="store_true", help="print the run summary as JSON")
     backfill.add_argument("--take-over", action="store_true",
                           help="take partition locks held by a run you know is dead")
+    backfill.add_argument("--dry-run", action="store_true",
+                          help="plan the backfill (range reports, requests, time at quota) without calling any API "
+                               "or writing")
 
     status = sub.add_parser("status", parents=[common], help="what ran and what failed: per media × date, or one run",
                             description="Counts by state, attempts, durations and the last errors per media × date. "
@@ -360,6 +364,11 @@ def _dispatch(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         if days > cfg.max_backfill_days:
             raise UsageError(f"{days} days is more than max_backfill_days={cfg.max_backfill_days}; split the range")
         dates = [args.date_from + timedelta(days=i) for i in range(days)]
+        if args.dry_run:
+            from ingest.doctor import plan_backfill, print_plan
+
+            print_plan(*plan_backfill(cfg, dates, _media_arg(cfg, args.media), force=args.force))
+            return EXIT_SUCCESS
         req = RunRequest("backfill", dates, _media_arg(cfg, args.media), force=args.force, take_over=args.take_over,
                          ranges=True)
         return run_job(cfg, req, args.json)

@@ -7,7 +7,8 @@ bucket, the BigQuery dataset, the RDB and the ledger's migration state. One line
 PASS/WARN/FAIL with the reason and the fix; exit 0 when nothing failed, 3 otherwise.
 
 ``plan_night`` is ``run --dry-run``: what tonight would fetch — reports, dates, requests and
-the duration the quotas allow — from the config and the ledger alone, no API call.
+the duration the quotas allow — from the config and the ledger alone, no API call;
+``plan_backfill`` is the same for ``backfill --dry-run``.
 """
 
 from __future__ import annotations
@@ -167,13 +168,14 @@ def print_checks(checks: list[Check]) -> None:
           + (" — fix the FAIL lines before tonight" if failed else ""))
 
 
-# -- run --dry-run -------------------------------------------------------------------------------
+# -- run --dry-run, backfill --dry-run ----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class MediaPlan:
     media: str
     accounts: int
     reports: int
-    refetch_ranges: int
+    #: reports over several days: the nightly's refetch windows, a backfill's ranges
+    ranges: int
     dates: int
     requests: int
     quota_rps: float
@@ -183,24 +185,46 @@ class MediaPlan:
 def plan_night(cfg: PipelineConfig, *, day: date | None, lookback: bool) -> tuple[list[MediaPlan], list[date]]:
     """What ``run`` would fetch tonight, from the config and the ledger (no API call): each
     account's yesterday in its known zone (or ``day``), then its refetch window as ranges."""
-    from ingest.clients import rdb_engine
     from ingest.freshness import account_zones
     from ingest.job import RunRequest, plan_keys
-    from ingest.ledger import Ledger
-    from ingest.media.base import Secret
-    from ingest.supervision.fetcher import build_connector
     from ingest.timezones import local_yesterday
 
     media = cfg.media_names()
     if day is None:
-        ledger = Ledger(rdb_engine(cfg.database_url()))
+        ledger = _ledger(cfg)
         zones = account_zones(cfg, ledger) if ledger.schema_behind() is None else {
             (m, a.id): a.timezone or cfg.timezone for m, s in cfg.media.items() for a in s.accounts}
         days = {ref: local_yesterday(tz) for ref, tz in zones.items()}
         req = RunRequest("run", sorted(set(days.values())), media, account_days=days, lookback=lookback)
     else:
         req = RunRequest("run", [day], media, lookback=lookback)
+    return _media_plans(cfg, media, plan_keys(cfg, req))
+
+
+def plan_backfill(cfg: PipelineConfig, dates: list[date], media: list[str], *,
+                  force: bool) -> tuple[list[MediaPlan], list[date]]:
+    """What ``backfill`` would fetch: the days not done yet (per the ledger, read only; all of
+    them with ``force``), as the range reports the run would make of them."""
+    from ingest.job import RunRequest, plan_keys, to_fetch
+
+    req = RunRequest("backfill", dates, media, force=force, ranges=True)
     keys = plan_keys(cfg, req)
+    ledger = _ledger(cfg)
+    states = ledger.states(keys) if not force and ledger.schema_behind() is None else {}
+    return _media_plans(cfg, media, to_fetch(req, keys, states)[0])
+
+
+def _ledger(cfg: PipelineConfig) -> Any:
+    from ingest.clients import rdb_engine
+    from ingest.ledger import Ledger
+
+    return Ledger(rdb_engine(cfg.database_url()))
+
+
+def _media_plans(cfg: PipelineConfig, media: list[str], keys: list[Any]) -> tuple[list[MediaPlan], list[date]]:
+    from ingest.media.base import Secret
+    from ingest.supervision.fetcher import build_connector
+
     out = []
     for m in media:
         settings = cfg.media[m]
@@ -221,7 +245,7 @@ def print_plan(plans: list[MediaPlan], dates: list[date]) -> None:
     print(f"{'media':<12} {'accounts':>8} {'reports':>8} {'ranges':>7} {'dates':>6} {'requests':>9} "
           f"{'quota/s':>8} {'at quota':>9}")
     for p in plans:
-        print(f"{p.media:<12} {p.accounts:>8} {p.reports:>8} {p.refetch_ranges:>7} {p.dates:>6} {p.requests:>9} "
+        print(f"{p.media:<12} {p.accounts:>8} {p.reports:>8} {p.ranges:>7} {p.dates:>6} {p.requests:>9} "
               f"{p.quota_rps:>8.1f} {math.ceil(p.seconds_at_quota):>8}s")
     longest = max((p.seconds_at_quota for p in plans), default=0.0)
     print(f"expected fetch time ≈ {math.ceil(longest)} s at quota (media run in parallel; the fewest requests each "

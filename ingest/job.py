@@ -154,6 +154,18 @@ def _contiguous(media: str, account: str, days: list[date]) -> list[ReportKey]:
     return out
 
 
+def to_fetch(req: RunRequest, keys: list[ReportKey], states: dict[ReportKey, dict[str, Any]]
+             ) -> tuple[list[ReportKey], list[ReportKey]]:
+    """(the reports to fetch, the planned days skipped as done): resume and ``rerun --failed`` both
+    mean everything not recorded as done; ``force`` re-fetches; the refetch window is fetched
+    every night (that is its point). With ``ranges`` (a backfill) the days left are merged into
+    range reports *after* the done ones are left out, so a resumed backfill fetches only its gaps."""
+    todo = keys if req.force else [k for k in keys if k.span > 1 or states.get(k, {}).get("status") != TaskStatus.DONE]
+    fetched = set(todo)
+    skipped = [k for k in keys if k not in fetched]
+    return (as_ranges(todo) if req.ranges else todo), skipped
+
+
 def fetch_order(keys: list[ReportKey] | set[ReportKey]) -> list[ReportKey]:
     """Yesterday's one-day reports before the refetch ranges: the morning's numbers never
     wait behind the window."""
@@ -202,15 +214,7 @@ class NightlyJob:
             self.ledger.close_run(run_id, RunOutcome.ABORTED, RunCounts(), refused=exc.message)
             raise
         # Read states only once the locks are ours: a run that just finished has written them.
-        states = self.ledger.states(all_keys)
-        # Resume and `rerun --failed` both mean: everything not recorded as done. Force re-fetches;
-        # the refetch window is fetched every night (that is its point).
-        todo = all_keys if req.force else [k for k in all_keys
-                                           if k.span > 1 or states.get(k, {}).get("status") != TaskStatus.DONE]
-        todo_set = set(todo)
-        skipped = [k for k in all_keys if k not in todo_set]
-        if req.ranges:  # after the done days are left out: a resumed backfill fetches only its gaps
-            todo = as_ranges(todo)
+        todo, skipped = to_fetch(req, all_keys, self.ledger.states(all_keys))
         if taken:
             log.warning("stale_locks_taken_over", from_runs=taken)
         report = RunReport(run_id, RunOutcome.RUNNING, EXIT_SUCCESS, RunCounts.empty(req.media))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from ingest.cli import main
 from ingest.config import load_config
-from ingest.doctor import plan_night, run_checks
+from ingest.doctor import plan_backfill, plan_night, run_checks
 from ingest.job import EXIT_PARTIAL, EXIT_SUCCESS
 from ingest.ledger import Ledger
 from sandbox.stack import free_port
@@ -57,7 +57,7 @@ def test_dry_run_plans_the_night_without_calling_anything(db: str, capsys: pytes
     plans, dates = plan_night(cfg, day=date(2026, 11, 20), lookback=True)
     by = {p.media: p for p in plans}
     # local profile: 3 days of refetch window, one range report per account beside the date's own
-    assert by["meta"].reports == 2 * by["meta"].accounts and by["meta"].refetch_ranges == by["meta"].accounts
+    assert by["meta"].reports == 2 * by["meta"].accounts and by["meta"].ranges == by["meta"].accounts
     assert by["yahoo_ads"].requests == 3 * by["yahoo_ads"].reports  # add, poll, download
     assert dates[0] == date(2026, 11, 17) and dates[-1] == date(2026, 11, 20)
     assert main(["--config", str(LOCAL), "run", "--date", "2026-11-20", "--dry-run"]) == EXIT_SUCCESS
@@ -65,3 +65,38 @@ def test_dry_run_plans_the_night_without_calling_anything(db: str, capsys: pytes
     assert "dry run: nothing fetched" in out and "expected fetch time" in out
     with sa.create_engine(db).connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM ingest_runs")).scalar() == 0  # nothing opened
+
+
+def test_backfill_dry_run_plans_ranges_of_the_days_not_done(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import date, timedelta
+    from decimal import Decimal
+
+    from ingest.tasks import Event, ReportKey, ReportResult, Totals
+
+    ledger = Ledger(sa.create_engine(db))
+    ledger.migrate()
+    cfg = load_config(LOCAL)
+    dates = [date(2026, 11, 10) + timedelta(days=i) for i in range(10)]
+    plans, touched = plan_backfill(cfg, dates, cfg.media_names(), force=False)
+    by = {p.media: p for p in plans}
+    assert touched == dates
+    # one range report per account for the 10 days; Yahoo's flow is add, poll, download
+    assert all(p.reports == p.ranges == p.accounts and p.dates == 10 for p in plans)
+    assert by["yahoo_ads"].requests == 3 * by["yahoo_ads"].reports
+    # a day already done splits its account's range around it; --force fetches it again
+    account = cfg.media["meta"].account_ids()[0]
+    done = ReportKey("meta", account, date(2026, 11, 15))
+    run = ledger.open_run("backfill", [done.day], ["meta"])
+    ledger.plan(run, [done])
+    ledger.apply(run, Event("done", "meta", done, 1, result=ReportResult(
+        done, Totals(1, 1, 1, Decimal("1"), Decimal("0")), 10, 1, ("raw.json",), 0.1)))
+    meta = {p.media: p for p in plan_backfill(cfg, dates, ["meta"], force=False)[0]}["meta"]
+    assert (meta.reports, meta.ranges) == (by["meta"].accounts + 1, by["meta"].accounts + 1)
+    assert {p.media: p for p in plan_backfill(cfg, dates, ["meta"], force=True)[0]}["meta"].reports == \
+        by["meta"].accounts
+    assert main(["--config", str(LOCAL), "backfill", "--from", "2026-11-10", "--to", "2026-11-19", "--dry-run"]) \
+        == EXIT_SUCCESS
+    out = capsys.readouterr().out
+    assert "dry run: nothing fetched" in out and "2026-11-10..2026-11-19 (10)" in out
+    with sa.create_engine(db).connect() as conn:  # nothing opened beside the run this test wrote itself
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM ingest_runs")).scalar() == 1
