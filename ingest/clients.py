@@ -40,7 +40,7 @@ def _environment_read_once(session: requests.Session, url: str) -> None:
     The client talks to one host, so read them once here, for that host; same behaviour."""
     session.proxies.update(requests.utils.get_environ_proxies(url))
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
+    if bundle and url.startswith("https://"):  # a bundle path costs a stat() per request; plain http never uses it
         session.verify = bundle
     session.trust_env = False
 

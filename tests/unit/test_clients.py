@@ -24,3 +24,15 @@ def test_gcs_client_honours_no_proxy_for_its_host(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("NO_PROXY", "gcs.internal")
     session = gcs_client(GcsSettings(bucket="ingest-raw", endpoint="http://gcs.internal:4443"), "p")._http
     assert "http" not in session.proxies
+
+
+@pytest.mark.parametrize(("endpoint", "verify"), [
+    ("https://gcs.internal:4443", "/etc/corp/ca.pem"),  # TLS: the environment's CA bundle is kept
+    ("http://gcs.internal:4443", True),  # plain http (the emulator): no bundle to stat() on every upload
+])
+def test_gcs_client_keeps_the_ca_bundle_where_tls_uses_it(monkeypatch: pytest.MonkeyPatch, endpoint: str,
+                                                          verify: object) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "unset-after-the-test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corp/ca.pem")
+    session = gcs_client(GcsSettings(bucket="ingest-raw", endpoint=endpoint), "p")._http
+    assert session.verify == verify
