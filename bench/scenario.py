@@ -249,7 +249,7 @@ async def _naive(spec: dict[str, Any], cfg: Any, attempts: int, sleep_s: float, 
                 try:
                     rows = await conn.fetch(HttpSession(client, poll_wait=poll), account, day)
                     paths = ReportPaths(cfg.gcs.bucket, media, account, day)
-                    await asyncio.to_thread(store.put, paths.rows_csv, rows_to_csv(rows), "text/csv")
+                    await asyncio.to_thread(store.put, paths.day_csv(day), rows_to_csv(rows), "text/csv")
                     ok += 1
                     return
                 except Exception:  # noqa: BLE001 - the naive way: catch everything, sleep, try again

@@ -49,10 +49,6 @@ class ReportPaths:
     def raw_json(self) -> str:
         return self._exchanges("raw")
 
-    @property
-    def rows_csv(self) -> str:
-        return self._base("raw") + ".csv"
-
     def day_csv(self, day: date) -> str:
         return self._base("raw", day) + ".csv"
 

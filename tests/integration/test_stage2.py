@@ -69,7 +69,7 @@ class Env:
         for (media, account), rows in data[day].items():
             if only and media != only:
                 continue
-            self.store.put(ReportPaths(self.cfg.gcs.bucket, media, account, day).rows_csv, rows_to_csv(rows),
+            self.store.put(ReportPaths(self.cfg.gcs.bucket, media, account, day).day_csv(day), rows_to_csv(rows),
                            "text/csv")
             self.reports[(media, account, day)] = rows
         self.fetched = {}
@@ -269,7 +269,7 @@ def test_reconciliation_mismatch_fails_partition_with_numbers(env: Env) -> None:
 def test_row_of_another_date_in_partition_is_caught(env: Env) -> None:
     rows = [r(D1, "google_ads", "1234567890", "g1", 300, 30, "12.345678", "1.5", "USD"),
             r(D2, "google_ads", "1234567890", "g9", 1, 1, "1", "0", "USD")]  # wrong day in D1's file
-    env.store.put(ReportPaths(env.cfg.gcs.bucket, "google_ads", "1234567890", D1).rows_csv, rows_to_csv(rows),
+    env.store.put(ReportPaths(env.cfg.gcs.bucket, "google_ads", "1234567890", D1).day_csv(D1), rows_to_csv(rows),
                   "text/csv")
     res = env.run([("google_ads", D1)], fetched={("google_ads", D1): Totals.from_rows(rows)})
     part = res.partitions[("google_ads", D1)]
@@ -281,7 +281,8 @@ def test_row_of_another_date_in_partition_is_caught(env: Env) -> None:
 def test_header_only_csv_publishes_empty_partition(env: Env) -> None:
     env.upload(D1)
     env.run([("google_ads", D1)])
-    env.store.put(ReportPaths(env.cfg.gcs.bucket, "google_ads", "1234567890", D1).rows_csv, rows_to_csv([]), "text/csv")
+    empty = ReportPaths(env.cfg.gcs.bucket, "google_ads", "1234567890", D1).day_csv(D1)
+    env.store.put(empty, rows_to_csv([]), "text/csv")
     res = env.run([("google_ads", D1)], run_id="run-2", fetched={("google_ads", D1): Totals()})
     assert res.partitions[("google_ads", D1)].status == "published", res.partitions[("google_ads", D1)].error
     assert env.bq_count("google_ads", D1) == 0
