@@ -1,7 +1,8 @@
 """``make cluster-rehearsal`` in CI: the README's submit line on a local autoscaling cluster
 (Ray's autoscaler, fake multi-node provider, worker types from ray-cluster.yaml), one worker
-node killed while it fetches. ≈2.5 min on two cores; the rehearsal itself says what it checks
-(sandbox/rehearsal.py)."""
+node killed while it fetches. It is also the suite's check of a successful submit (SUCCEEDED,
+the run's summary in the output); test_ray_job has the partial one. ≈2.5 min on two cores;
+the rehearsal itself says what it checks (sandbox/rehearsal.py)."""
 
 from __future__ import annotations
 
