@@ -175,6 +175,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                      f"(goal ≤ {late['media_tables']}, one per media table); partitions republished when "
                      f"{again['days_restated']} days changed: {again['partitions_published']} "
                      f"(expected {again['partitions_expected']}: those days + the new one, per media)")
+        if "csv_objects_written" in again:
+            lines.append(f"late data: CSV objects written {first['csv_objects_written']} on the first night "
+                         f"({first['report_days']} report-days, every day new) and "
+                         f"{again['csv_objects_written']} after the restatement ({again['report_days']} report-days "
+                         f"refetched: only changed days are written); fetchers' CPU "
+                         f"{first['fetchers_cpu_ms_per_report_day']:.1f} vs "
+                         f"{again['fetchers_cpu_ms_per_report_day']:.1f} ms per report-day")
     cpu = [(name, r) for name, r in results.items() if "our_cpu_ms_per_partition" in r
            and (name.startswith("scale") or name == "backfill")]
     if cpu:

@@ -275,12 +275,31 @@ def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     last = date.fromisoformat(spec["last_date"])
     accounts = {m: spec["media"][m]["accounts"] for m in spec["media"]}
 
+    from bench.procs import Sampler
+    from ingest.clients import gcs_client
+
+    def csv_generations() -> dict[str, int]:
+        """Every daily CSV object and its generation (new each time the object is written)."""
+        client = gcs_client(cfg.gcs, cfg.project)
+        return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
+                if b.name.endswith(".csv")}
+
+    writes: list[dict[str, Any]] = []
+
     def night(day: date, lookback: bool) -> tuple[Any, dict[str, int], float]:
         before = {m: s["requests"] for m, s in sim_stats(spec).items()}
+        objects = csv_generations()
         started = time.perf_counter()
-        report = NightlyJob(cfg).execute(RunRequest("run", [day], cfg.media_names(), lookback=lookback))
+        with Sampler() as sampler:
+            report = NightlyJob(cfg).execute(RunRequest("run", [day], cfg.media_names(), lookback=lookback))
         took = time.perf_counter() - started
         after = {m: s["requests"] for m, s in sim_stats(spec).items()}
+        now = csv_generations()
+        days = sum(n * (1 + (spec["lookback"][m] if lookback else 0)) for m, n in accounts.items())
+        fetchers = sampler.cpu_by_group().get("fetchers", 0.0)
+        writes.append({"csv_objects_written": sum(1 for n, g in now.items() if objects.get(n) != g),
+                       "report_days": days, "fetchers_cpu_s": fetchers,
+                       "fetchers_cpu_ms_per_report_day": round(fetchers / days * 1000, 2)})
         return report, {m: after[m] - before[m] for m in after}, took
 
     baseline, base_req, base_s = night(last - timedelta(days=1), lookback=False)  # yesterday only
@@ -304,9 +323,9 @@ def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "accounts": sum(accounts.values()), "outcomes": [baseline.outcome, first.outcome, second.outcome],
         "requests_per_account": per_account,
         "max_request_ratio": max(v["ratio"] for v in per_account.values()),
-        "no_lookback_night": {**stage(baseline), "wall_s": round(base_s, 1)},
-        "first_night": {**stage(first), "wall_s": round(first_s, 1)},
-        "restated_night": {**stage(second), "wall_s": round(second_s, 1), "days_restated": len(changed),
+        "no_lookback_night": {**stage(baseline), **writes[0], "wall_s": round(base_s, 1)},
+        "first_night": {**stage(first), **writes[1], "wall_s": round(first_s, 1)},
+        "restated_night": {**stage(second), **writes[2], "wall_s": round(second_s, 1), "days_restated": len(changed),
                            "partitions_expected": len(spec["media"]) * (len(changed) + 1)},
         "media_tables": len(spec["media"]),
     }

@@ -215,6 +215,8 @@ class NightlyJob:
             raise
         # Read states only once the locks are ours: a run that just finished has written them.
         todo, skipped = to_fetch(req, all_keys, self.ledger.states(all_keys))
+        if not req.force:  # before plan() marks them pending; a forced run rewrites every object
+            todo = self.ledger.with_landed(todo)
         if taken:
             log.warning("stale_locks_taken_over", from_runs=taken)
         report = RunReport(run_id, RunOutcome.RUNNING, EXIT_SUCCESS, RunCounts.empty(req.media))
@@ -309,7 +311,10 @@ class NightlyJob:
             supervisor = start_supervisor(media, self.cfg.media[media], secrets, self.cfg.gcs, self.cfg.project,
                                           deadline, {"run_id": run_id}, placement, generation)
             try:
-                stream = supervisor.run.remote(fetch_order(remaining), next_attempt)
+                # a recreated supervisor rewrites every object: the dead one's fetchers may have
+                # written part of a report it never reported (ReportKey.without_landed)
+                todo = remaining if generation == 0 else {k.without_landed() for k in remaining}
+                stream = supervisor.run.remote(fetch_order(todo), next_attempt)
                 async for ref in stream:
                     events: list[Event] = await ref
                     for event in events:

@@ -331,6 +331,25 @@ class Ledger:
                 out[key] = dict(r)
         return out
 
+    def with_landed(self, keys: list[ReportKey]) -> list[ReportKey]:
+        """``keys`` carrying the digest of each day the ledger records as done (``ReportKey.landed``).
+        Only *done* days: a failed or interrupted fetch may have rewritten some of its objects
+        after the digest was recorded. One query for the whole night."""
+        if not keys:
+            return keys
+        t = report_tasks
+        days = [d for k in keys for d in k.days()]
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.media, t.c.account_id, t.c.date, t.c.content_hash).where(
+                t.c.media.in_({k.media for k in keys}), t.c.date >= min(days), t.c.date <= max(days),
+                t.c.status == TaskStatus.DONE, t.c.content_hash.is_not(None))).all()
+        done = {(m, a, d): h for m, a, d, h in rows}
+        out = []
+        for k in keys:
+            landed = tuple(done.get((k.media, k.account, d)) for d in k.days())
+            out.append(ReportKey(k.media, k.account, k.day, k.span, landed) if any(landed) else k)
+        return out
+
     def plan(self, run_id: str, keys: list[ReportKey]) -> None:
         """Mark the reports this run will fetch as pending (creating or resetting the row of each
         day they cover; what an earlier fetch landed — sums, digest, revisions — stays)."""

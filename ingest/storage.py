@@ -8,8 +8,10 @@ A report over a range of days (the nightly refetch window) keeps its exchanges a
 ``raw/{media}/window/{first}_{last}/{account}.json`` (``failed/...`` alike) and lands one CSV
 per day at the daily name above, so BigQuery still loads one partition per date.
 
-A re-run overwrites the same names, so GCS never holds two copies of one report. Every name
-part is validated before it reaches a path (see ingest.config patterns).
+A re-run overwrites the same names, so GCS never holds two copies of one report; a day whose
+CSV would get the bytes it already has (its digest in the ledger, ``ReportKey.landed``) is
+not written again. Every name part is validated before it reaches a path (see ingest.config
+patterns).
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ class ReportKey:
     account: str
     day: date
     span: int = 1
+    #: the digest of each day's CSV as the ledger recorded it *done* when the run was planned
+    #: (None: not done, or unknown); not part of the identity. The fetcher leaves a day's object
+    #: alone when its new CSV has that digest: a refetch window rewrites only what changed.
+    landed: tuple[str | None, ...] = field(default=(), compare=False, hash=False, repr=False)
 
     @property
     def last(self) -> date:
@@ -27,6 +31,16 @@ class ReportKey:
 
     def day_keys(self) -> list[ReportKey]:
         return [ReportKey(self.media, self.account, d) for d in self.days()]
+
+    def landed_digest(self, day: date) -> str | None:
+        """What the ledger had for ``day`` when the run was planned (see ``landed``)."""
+        i = (day - self.day).days
+        return self.landed[i] if len(self.landed) == self.span and 0 <= i < self.span else None
+
+    def without_landed(self) -> ReportKey:
+        """The same report, every object written again: an attempt after one that may have
+        written part of it (a retry, a lost worker) cannot trust what was landed before."""
+        return ReportKey(self.media, self.account, self.day, self.span) if self.landed else self
 
     def __str__(self) -> str:
         when = self.day.isoformat() if self.span == 1 else f"{self.day.isoformat()}..{self.last.isoformat()}"

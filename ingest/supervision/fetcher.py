@@ -225,7 +225,8 @@ class ReportFetcher:
             raise error from None
         # CSVs last: the BigQuery load reads *.csv, so a report is visible only once complete.
         # One per day (a range report is split here), rows in campaign order so that equal
-        # content gives equal bytes: the digest tells the ledger whether the day changed.
+        # content gives equal bytes: the digest tells the ledger whether the day changed, and a
+        # day whose object already holds these bytes (``key.landed``) is not written again.
         by_day: dict[date, list[Row]] = {d: [] for d in key.days()}
         for row in rows:
             by_day[row.date].append(row)
@@ -233,9 +234,10 @@ class ReportFetcher:
         for day, day_rows in by_day.items():
             day_rows.sort(key=lambda r: r.campaign_id)
             body = rows_to_csv(day_rows)
-            name = paths.day_csv(day)
-            csvs.append((name, body))
-            days.append(DayResult(day, Totals.from_rows(day_rows), hashlib.sha256(body).hexdigest(), paths.uri(name)))
+            name, digest = paths.day_csv(day), hashlib.sha256(body).hexdigest()
+            if digest != key.landed_digest(day):
+                csvs.append((name, body))
+            days.append(DayResult(day, Totals.from_rows(day_rows), digest, paths.uri(name)))
         # every object of the report in one hop to a thread (each hop costs a wake-up of the loop)
         written = await asyncio.to_thread(self._land, paths.raw_json, session.raw_document(), csvs)
         return ReportResult(

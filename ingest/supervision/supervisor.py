@@ -271,7 +271,7 @@ class MediaSupervisor:
                     log.warning("job_slots_reclaimed", media=self.media, report=str(key), slots=n)
         except WorkerDied as exc:
             self.breaker.cancel_probe()  # a crash says nothing about the API
-            self._put(key, attempt, 0.0)  # not an API attempt: fetched once more
+            self._put(key.without_landed(), attempt, 0.0)  # not an API attempt: fetched once more
             log.warning("report_requeued", media=self.media, report=str(key), reason=f"worker lost: {exc}")
             await self._replace(index, handle, key, str(exc))
             return
@@ -358,7 +358,7 @@ class MediaSupervisor:
             self.counts["retries"] += 1
             self._emit(Event("retry", self.media, key, attempt, error_kind=err.kind,
                              message=f"{err} → {decision.reason}", delay_s=decision.delay_s))
-            self._put(key, attempt + 1, decision.delay_s)
+            self._put(key.without_landed(), attempt + 1, decision.delay_s)
         else:
             reason = self.given_up or decision.reason
             self._emit(Event("failed", self.media, key, attempt, error_kind=err.kind, message=f"{err} → {reason}"))

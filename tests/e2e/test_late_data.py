@@ -1,5 +1,5 @@
 """Late data: conversions booked to a past date reach its mart row on the next night, and a
-refetched day whose content did not change is not republished.
+refetched day whose content did not change is neither written to GCS again nor republished.
 
 Real parts throughout (Ray, fake-gcs-server, bqemulator, the simulators, SQLite): night 1
 fetches D and its refetch window; the platforms then restate one day of that window (late
@@ -27,6 +27,15 @@ LOOKBACK = 3
 MEDIA = ("meta", "google_ads", "yahoo_ads")
 
 
+def _csv_generations(cfg: PipelineConfig) -> dict[str, int]:
+    """Every daily CSV object and its generation: a new one each time the object is written."""
+    from ingest.clients import gcs_client
+
+    client = gcs_client(cfg.gcs, cfg.project)
+    return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
+            if b.name.endswith(".csv")}
+
+
 def _late(stack: Any, conversions: dict[str, int]) -> None:
     for m in MEDIA:
         httpx.post(f"{stack.spec.sim_url(m)}/_sim/config", json={"late_conversions": conversions}).raise_for_status()
@@ -49,9 +58,17 @@ def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republishe
         assert len(night1.stage2.partitions) == len(MEDIA) * (LOOKBACK + 1)
         assert night1.stage2.bq_load_jobs == len(MEDIA)  # one load per media table, whatever the window
 
+        written1 = _csv_generations(cfg)
+
         _late(stack, {late_day.isoformat(): 5})  # the platforms restate one day
         night2 = NightlyJob(cfg).execute(RunRequest("run", [D + timedelta(days=1)], list(MEDIA), lookback=True))
         assert night2.outcome == "success", night2.failures
+        # GCS: the window's unchanged days keep their objects (not written again); the restated
+        # day and the new date are written
+        written2 = _csv_generations(cfg)
+        rewritten = {name.split("/")[2] for name in written2 if written1.get(name) != written2[name]}
+        assert rewritten == {f"dt={late_day.isoformat()}", f"dt={(D + timedelta(days=1)).isoformat()}"}, rewritten
+        assert len([n for n in written2 if f"dt={late_day.isoformat()}/" in n]) == accounts
         before = expected_totals(cfg, late_day)
         after = expected_totals(cfg, late_day, late_units=5)
         assert mart_totals(sqlite_url, late_day) == after

@@ -131,6 +131,33 @@ def test_one_batch_of_events_lands_in_order_as_one_by_one_would(ledger: Ledger) 
     assert sorted(p[1] for p in ledger.pending_partitions(["meta"], [D1, D2])) == [D1, D2]
 
 
+def test_keys_carry_the_digests_of_done_days_only(ledger: Ledger) -> None:
+    """What the fetcher may leave in place: a day recorded *done* with a digest. A failed day
+    (its fetch may have rewritten part of its objects) and a day never fetched carry none."""
+    from ingest.tasks import DayResult
+
+    run = ledger.open_run("run", [D1, D2], ["meta"])
+    window, failed = ReportKey("meta", "3", D1, span=2), ReportKey("meta", "4", D1, span=2)
+    ledger.plan(run, [window, failed])
+    days = tuple(DayResult(d, Totals(1, 1, 1, Decimal("1"), Decimal("0")), f"h{d.day}", f"gs://b/{d}.csv")
+                 for d in (D1, D2))
+    ledger.apply_many(run, [
+        Event("done", "meta", key, 1, result=ReportResult(key, Totals(2, 2, 2, Decimal("2"), Decimal("0")), 9, 1,
+                                                          ("raw.json",), 0.5, days))
+        for key in (window, failed)])
+    assert [k.landed for k in ledger.with_landed([window, failed])] == [("h19", "h20"), ("h19", "h20")]
+    # the next night's fetch of "4" wrote part of its objects, then failed: its digests no longer hold
+    run2 = ledger.open_run("run", [D2], ["meta"])
+    ledger.plan(run2, [failed])
+    ledger.apply_many(run2, [Event("failed", "meta", failed, 1, error_kind="transient", message="GCS write failed")])
+    new = ReportKey("meta", "3", D1, span=3)  # tonight's window reaches one day further
+    got = ledger.with_landed([new, failed, ReportKey("meta", "5", D2)])
+    assert got == [new, failed, ReportKey("meta", "5", D2)]  # same reports: the digests are not their identity
+    assert [k.landed for k in got] == [("h19", "h20", None), (), ()]
+    assert got[0].landed_digest(D2) == "h20" and got[0].landed_digest(D2 + timedelta(days=1)) is None
+    assert got[0].without_landed().landed == () and got[0].without_landed() == new
+
+
 def test_unfinished_is_what_rerun_failed_redoes(ledger: Ledger) -> None:
     run = ledger.open_run("backfill", [D1, D2], ["meta", "google_ads"])
     _record(ledger, run, {

@@ -112,6 +112,29 @@ def test_dead_fetcher_is_replaced_and_report_fetched_exactly_once_more() -> None
     assert [e.kind for e in events].count("restart") == 1 and spawned == [0, 0]
 
 
+def test_an_attempt_after_a_partial_one_rewrites_every_object() -> None:
+    """A key's ``landed`` digests let the fetcher leave identical objects alone, but only on the
+    first attempt: a failed attempt or a lost worker may have written part of the report."""
+    seen: dict[str, list[tuple[str | None, ...]]] = {}
+
+    class Recording(ScriptedFetcher):
+        async def fetch(self, key: ReportKey) -> ReportResult:
+            seen.setdefault(key.account, []).append(key.landed)
+            return await super().fetch(key)
+
+    calls: Counter[str] = Counter()
+    script: dict[str, list[BaseException]] = {"a": [Transient("GCS write failed")], "b": [WorkerDied("pid 1")]}
+
+    async def spawn(i: int) -> Recording:
+        return Recording(script, calls, [True])
+
+    sup = MediaSupervisor("meta", settings(fetchers=1, concurrency=1), spawn)
+    landed = ("h1", "h2")
+    events = run(sup, [ReportKey("meta", a, DAY, 2, landed) for a in ("a", "b", "c")])
+    assert {a: e.kind for a, e in final(events).items()} == {"a": "done", "b": "done", "c": "done"}
+    assert seen == {"a": [landed, ()], "b": [landed, ()], "c": [landed]}
+
+
 def test_restart_intensity_escalates() -> None:
     sup, _, _ = make({a: [WorkerDied("boom")] for a in "abcdef"}, fetchers=1, concurrency=1,
                      restarts={"max_restarts": 2, "period_s": 60, "backoff_min_s": 0.001, "backoff_max_s": 0.001})
