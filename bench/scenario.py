@@ -280,9 +280,14 @@ def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     def csv_generations() -> dict[str, int]:
         """Every daily CSV object and its generation (new each time the object is written)."""
+        from google.api_core.exceptions import NotFound
+
         client = gcs_client(cfg.gcs, cfg.project)
-        return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
-                if b.name.endswith(".csv")}
+        try:
+            return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
+                    if b.name.endswith(".csv")}
+        except NotFound:  # before the first night created the bucket
+            return {}
 
     writes: list[dict[str, Any]] = []
 
