@@ -276,30 +276,19 @@ def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     accounts = {m: spec["media"][m]["accounts"] for m in spec["media"]}
 
     from bench.procs import Sampler
-    from ingest.clients import gcs_client
-
-    def csv_generations() -> dict[str, int]:
-        """Every daily CSV object and its generation (new each time the object is written)."""
-        from google.api_core.exceptions import NotFound
-
-        client = gcs_client(cfg.gcs, cfg.project)
-        try:
-            return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
-                    if b.name.endswith(".csv")}
-        except NotFound:  # before the first night created the bucket
-            return {}
+    from sandbox.checks import csv_generations
 
     writes: list[dict[str, Any]] = []
 
     def night(day: date, lookback: bool) -> tuple[Any, dict[str, int], float]:
         before = {m: s["requests"] for m, s in sim_stats(spec).items()}
-        objects = csv_generations()
+        objects = csv_generations(cfg)
         started = time.perf_counter()
         with Sampler() as sampler:
             report = NightlyJob(cfg).execute(RunRequest("run", [day], cfg.media_names(), lookback=lookback))
         took = time.perf_counter() - started
         after = {m: s["requests"] for m, s in sim_stats(spec).items()}
-        now = csv_generations()
+        now = csv_generations(cfg)
         days = sum(n * (1 + (spec["lookback"][m] if lookback else 0)) for m, n in accounts.items())
         fetchers = sampler.cpu_by_group().get("fetchers", 0.0)
         writes.append({"csv_objects_written": sum(1 for n, g in now.items() if objects.get(n) != g),

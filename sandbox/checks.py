@@ -1,4 +1,4 @@
-"""Ground-truth checks shared by the end-to-end tests and the cluster rehearsal.
+"""Ground-truth checks shared by the end-to-end tests, the cluster rehearsal and the bench.
 
 The simulators serve numbers derived from ``sandbox.truth``; after a run, the mart must hold
 exactly those numbers for the day, whatever faults, retries or lost nodes happened on the way.
@@ -53,3 +53,19 @@ def mart_totals(url: str, day: date) -> dict[str, dict[str, Any]]:
         o["spend"] += spend
         o["conversions"] += conv
     return dict(out)
+
+
+def csv_generations(cfg: PipelineConfig) -> dict[str, int]:
+    """Every daily CSV object of the bucket and its GCS generation, which is new each time the
+    object is written: comparing two snapshots tells which days a night wrote (none before the
+    first night created the bucket)."""
+    from google.api_core.exceptions import NotFound
+
+    from ingest.clients import gcs_client
+
+    client = gcs_client(cfg.gcs, cfg.project)
+    try:
+        return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
+                if b.name.endswith(".csv")}
+    except NotFound:
+        return {}

@@ -20,20 +20,11 @@ from aggregations.mart import mart_freshness
 from ingest.config import PipelineConfig
 from ingest.job import NightlyJob, RunRequest
 from ingest.ledger import report_tasks
-from sandbox.checks import expected_totals, mart_totals
+from sandbox.checks import csv_generations, expected_totals, mart_totals
 
 D = date(2026, 11, 20)
 LOOKBACK = 3
 MEDIA = ("meta", "google_ads", "yahoo_ads")
-
-
-def _csv_generations(cfg: PipelineConfig) -> dict[str, int]:
-    """Every daily CSV object and its generation: a new one each time the object is written."""
-    from ingest.clients import gcs_client
-
-    client = gcs_client(cfg.gcs, cfg.project)
-    return {b.name: int(b.generation) for b in client.list_blobs(cfg.gcs.bucket, prefix="raw/")
-            if b.name.endswith(".csv")}
 
 
 def _late(stack: Any, conversions: dict[str, int]) -> None:
@@ -58,14 +49,14 @@ def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republishe
         assert len(night1.stage2.partitions) == len(MEDIA) * (LOOKBACK + 1)
         assert night1.stage2.bq_load_jobs == len(MEDIA)  # one load per media table, whatever the window
 
-        written1 = _csv_generations(cfg)
+        written1 = csv_generations(cfg)
 
         _late(stack, {late_day.isoformat(): 5})  # the platforms restate one day
         night2 = NightlyJob(cfg).execute(RunRequest("run", [D + timedelta(days=1)], list(MEDIA), lookback=True))
         assert night2.outcome == "success", night2.failures
         # GCS: the window's unchanged days keep their objects (not written again); the restated
         # day and the new date are written
-        written2 = _csv_generations(cfg)
+        written2 = csv_generations(cfg)
         rewritten = {name.split("/")[2] for name in written2 if written1.get(name) != written2[name]}
         assert rewritten == {f"dt={late_day.isoformat()}", f"dt={(D + timedelta(days=1)).isoformat()}"}, rewritten
         assert len([n for n in written2 if f"dt={late_day.isoformat()}/" in n]) == accounts
