@@ -114,9 +114,10 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Hold every permit until ``seconds`` from now (the platform asked us to wait)."""
-        until = self.clock() + seconds
+        now = self.clock()  # read once: a second read would count the time between the two as not paused
+        until = now + seconds
         if until > self._paused_until:
-            self.paused_s += until - max(self._paused_until, self.clock())
+            self.paused_s += until - max(self._paused_until, now)
             self._paused_until = until
 
 
