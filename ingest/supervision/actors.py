@@ -67,7 +67,12 @@ class FetcherActor:
 
 
 class RayFetcher(FetcherHandle):
-    """Adapts a FetcherActor to the supervisor's FetcherHandle; a dead process → WorkerDied."""
+    """Adapts a FetcherActor to the supervisor's FetcherHandle; a dead process → WorkerDied.
+
+    Any Ray error other than the fetcher's own exception (``RayTaskError``) is the machinery
+    losing the process or its answer — actor died or unreachable, worker crashed, node died,
+    result object lost — never a verdict on the report: it is fetched again, and the process
+    replaced (a report failed as "unclassified" for a killed worker would be a lie)."""
 
     def __init__(self, actor: Any, pid: int, node_id: str = "") -> None:
         self.actor = actor
@@ -83,7 +88,7 @@ class RayFetcher(FetcherHandle):
             if isinstance(cause, IngestError):
                 raise cause from None
             raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:  # RayActorError, WorkerCrashedError, ObjectLostError, NodeDiedError…
             raise WorkerDied(f"pid {self.pid} on node …{self.node_id[-8:]}: {type(exc).__name__}") from None
 
 

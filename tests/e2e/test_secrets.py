@@ -37,7 +37,7 @@ TOKEN_VARS = tuple(SANDBOX_CREDENTIALS)  # static tokens and the OAuth refresh t
 # HTTP 500s only (retriable, no server hints to wait out), few enough that every report succeeds
 FAULTS = {"fault_rate": 0.15, "faults": {"throttle": 0.0, "server_error": 1.0, "timeout": 0.0, "drop": 0.0,
                                          "job_failed": 0.0, "truncated": 0.0, "auth": 0.0, "drift": 0.0}}
-FAST = {"retry": {"max_attempts": 12, "backoff_min_s": 0.01, "backoff_max_s": 0.1},
+FAST = {"retry": {"max_attempts": 12, "request_attempts": 12, "backoff_min_s": 0.01, "backoff_max_s": 0.1},
         "breaker": {"failure_threshold": 50, "open_s": 0.2}}
 
 
