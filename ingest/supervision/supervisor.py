@@ -106,7 +106,8 @@ class MediaSupervisor:
         self._account_pause: dict[str, float] = {}  # account → clock() until which it sends nothing
         self._attempt_of: dict[ReportKey, int] = {}  # the report attempt a fetcher is working on
         self._request_retries: Counter[ReportKey] = Counter()
-        self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0}
+        self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0,
+                       "permit_calls": 0, "permits": 0, "job_calls": 0}  # the last three: the fetchers' calls to us
 
     # -- quota: every request of every fetcher of this media comes through here ----------
     async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
@@ -127,6 +128,8 @@ class MediaSupervisor:
         """
         if utilization is not None:
             self.limiter.observe_usage(utilization)
+        self.counts["permit_calls"] += 1
+        self.counts["permits"] += len(accounts)
         out = []
         for account in accounts:
             paused = self._account_pause.get(account, 0.0) - self.clock() if account is not None else 0.0
@@ -160,12 +163,14 @@ class MediaSupervisor:
 
     async def acquire_job(self, key: ReportKey) -> None:
         """One of the media's ``max_concurrent_jobs`` async-job slots, owned by ``key``."""
+        self.counts["job_calls"] += 1
         await self.jobs.acquire(key)
         if key not in self._in_flight:
             # the fetch that asked has already ended (its process died while it waited): give it back
             self.jobs.release(key)
 
     async def release_job(self, key: ReportKey) -> None:
+        self.counts["job_calls"] += 1
         self.jobs.release(key)
 
     async def access_token(self, rejected: str | None = None) -> AccessToken | IngestError:
@@ -219,6 +224,9 @@ class MediaSupervisor:
             for task in slots:
                 task.cancel()
             await asyncio.gather(*slots, return_exceptions=True)
+            # the media's totals, with the calls its fetchers made to this process (each a Ray
+            # call: what a report costs the supervisor beyond its one fetch call)
+            log.info("supervisor_finished", media=self.media, reports=len(keys), **self.counts)
 
     def _put(self, key: ReportKey, attempt: int, delay: float) -> None:
         self._queue.put_nowait((self.clock() + delay, next(self._seq), key, attempt))

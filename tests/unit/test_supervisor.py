@@ -244,6 +244,29 @@ def test_every_retry_decision_is_logged_with_its_reason() -> None:
     assert reasons[("b", 1)].startswith("authentication/permission failure")
 
 
+def test_the_media_ends_with_its_totals_and_the_fetchers_calls_to_it() -> None:
+    """``supervisor_finished``: what a night cost the supervisor beyond one fetch call per report
+    (permit calls and the permits they carried, job-slot calls), next to the outcome counts."""
+    from structlog.testing import capture_logs
+
+    sup, _, _ = make({"a": [Transient("503")]})
+
+    async def go() -> list[Event]:
+        await sup.permits(None, ["a", "b", "c"])  # what a fetcher's waiting requests ask in one call
+        await sup.permits(0.5, ["a"])
+        k = ReportKey("meta", "a", DAY)
+        sup._in_flight.add(k)
+        await sup.acquire_job(k)
+        await sup.release_job(k)
+        return [e async for e in sup.run(keys("a", "b"))]
+
+    with capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(go(), 20))
+    [end] = [e for e in logs if e["event"] == "supervisor_finished"]
+    assert (end["media"], end["reports"], end["done"], end["failed"], end["retries"]) == ("meta", 2, 2, 0, 1)
+    assert (end["permit_calls"], end["permits"], end["job_calls"]) == (2, 4, 2)
+
+
 @pytest.mark.parametrize(("done", "skipped", "failed", "stage_failed", "expected"), [
     (3, 0, 0, 0, ("success", 0)),
     (0, 3, 0, 0, ("success", 0)),  # nothing to fetch: everything was already done
