@@ -10,14 +10,12 @@ job, and that wait is decided by supervision, not by the connector.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -144,8 +142,6 @@ Gate = Callable[[], Awaitable[float | None]]
 PollWait = Callable[[int], Awaitable[None]]
 #: called with the usage a response reported
 UsageSink = Callable[[Usage], None]
-#: one of the media's async-job slots, held from job creation until its result is read
-JobSlot = Callable[[], AbstractAsyncContextManager[None]]
 #: the media's current access token; given the token a 401 rejected, a fresh one
 BearerSource = Callable[[str | None], Awaitable[str]]
 #: asked after one request failed retriably: (error, attempt of that request, which request, cut
@@ -189,7 +185,8 @@ class HttpSession:
     """The one network seam of a fetch: every request of one report goes through here.
 
     It (1) waits on the media's gate before each request, async-job polls included, so the
-    quota budget sees everything, and lends the media's async-job slots (``job()``);
+    quota budget sees everything (async-job slots are held by the supervisor around the whole
+    fetch: ``Connector.uses_report_jobs``);
     (2) records every exchange for the raw GCS object, even when the report then fails;
     (3) translates transport failures into our taxonomy, the only place that knows httpx
     exceptions.
@@ -208,7 +205,6 @@ class HttpSession:
         gate: Gate | None = None,
         poll_wait: PollWait | None = None,
         on_usage: UsageSink | None = None,
-        job_slot: JobSlot | None = None,
         bearer: BearerSource | None = None,
         retry: RequestRetry | None = None,
     ) -> None:
@@ -219,7 +215,6 @@ class HttpSession:
         self._gate = gate or _no_gate
         self._poll_wait = poll_wait
         self._on_usage = on_usage
-        self._job_slot = job_slot
         self.pages: list[RawPage] = []
         self.requests = 0
         self.late_permits = 0
@@ -305,14 +300,6 @@ class HttpSession:
     def report_usage(self, usage: Usage) -> None:
         if self._on_usage is not None:
             self._on_usage(usage)
-
-    def job(self) -> AbstractAsyncContextManager[None]:
-        """``async with http.job():`` around create → poll → download of one async report job.
-
-        Waits for one of the media's ``max_concurrent_jobs`` slots (shared by every fetcher of
-        the media) and holds it until the block ends, however it ends.
-        """
-        return self._job_slot() if self._job_slot is not None else contextlib.nullcontext()
 
     async def poll_wait(self, polls_so_far: int) -> None:
         """Wait before the next poll of an async job (interval grows with ``polls_so_far``)."""
@@ -416,6 +403,13 @@ class Connector(ABC):
     def minimum_requests(self) -> int:
         """Fewest requests one report needs with this connector's flow (for the benchmark)."""
         return 1
+
+    @classmethod
+    def uses_report_jobs(cls, options: dict[str, Any]) -> bool:
+        """Whether each report is an async job on the platform (create → poll → download), which
+        counts against the platform's open-jobs limit: the supervisor then holds one of the
+        media's ``max_concurrent_jobs`` slots around the report's fetch (no Ray call of its own)."""
+        return False
 
     #: the zone of every account when the platform has only one (Yahoo! JAPAN: Asia/Tokyo)
     fixed_timezone: ClassVar[str | None] = None

@@ -313,11 +313,11 @@ class MetaConnector(Connector):
             seen.add(after)
         raise DataError(f"more than {MAX_PAGES} pages")
 
-    async def _fetch_async(self, http: HttpSession, act: str, day: date, last: date | None = None) -> list[Any]:
-        async with http.job():  # one of the media's concurrent async-job slots, until the result is read
-            return await self._run_job(http, act, day, last)
+    @classmethod
+    def uses_report_jobs(cls, options: dict[str, Any]) -> bool:
+        return options.get("mode", "sync") == "async"  # async insights: a report run per report
 
-    async def _run_job(self, http: HttpSession, act: str, day: date, last: date | None = None) -> list[Any]:
+    async def _fetch_async(self, http: HttpSession, act: str, day: date, last: date | None = None) -> list[Any]:
         created = await self._call(http, "create", "POST", self._url(f"act_{act}", "insights"),
                                    data=self._params(day, last))
         run_id = created.get("report_run_id")

@@ -161,6 +161,10 @@ class YahooAdsConnector(Connector):
         if not isinstance(self.max_polls, int) or isinstance(self.max_polls, bool) or self.max_polls < 1:
             raise ConfigError(f"yahoo_ads option max_polls must be a positive integer, not {self.max_polls!r}")
 
+    @classmethod
+    def uses_report_jobs(cls, options: dict[str, Any]) -> bool:
+        return True  # every report is a ReportDefinitionService job: add → get (poll) → download
+
     def minimum_requests(self) -> int:
         return 3  # add + one get + download
 
@@ -242,19 +246,18 @@ class YahooAdsConnector(Connector):
                 # all decimals, not the default 4-place SIMPLE_DISPLAY: conversions stay exact
                 "reportDecimalPartDisplayType": "FULL_DISPLAY",
             }
-            async with http.job():  # one of the media's concurrent report-job slots, until downloaded
-                added = await self._envelope(http, "add", "add", account,
-                                             {"accountId": int(account), "operand": [operand]})
-                job_id = added.get("reportJobId")
-                if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
-                    raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
-                await self._wait(http, account, job_id)
-                download = {"accountId": int(account), "reportJobId": job_id}
+            added = await self._envelope(http, "add", "add", account,
+                                         {"accountId": int(account), "operand": [operand]})
+            job_id = added.get("reportJobId")
+            if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+                raise DataError(f"reportJobId {str(job_id)[:40]!r} is not a positive integer")
+            await self._wait(http, account, job_id)
+            download = {"accountId": int(account), "reportJobId": job_id}
 
-                async def fetch_csv() -> list[Row]:  # the download and the parse of its CSV: one retriable step
-                    return self._parse_csv(await self._post(http, "download", account, download), account, day, last)
+            async def fetch_csv() -> list[Row]:  # the download and the parse of its CSV: one retriable step
+                return self._parse_csv(await self._post(http, "download", account, download), account, day, last)
 
-                return await http.step("download", fetch_csv)
+            return await http.step("download", fetch_csv)
         except IngestError as exc:
             raise exc.with_report(self.media, account, day.isoformat()) from None
 

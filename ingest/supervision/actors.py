@@ -45,8 +45,7 @@ class FetcherActor:
         self.supervisor = supervisor
         # the media's budget lives in the supervisor: every request and async job asks it first
         refresh = "refresh_token" in secrets  # the supervisor holds the media's token cache
-        self.quota = QuotaLink(_to_supervisor(supervisor.permits), _to_supervisor(supervisor.acquire_job),
-                               _to_supervisor(supervisor.release_job),
+        self.quota = QuotaLink(_to_supervisor(supervisor.permits),
                                _to_supervisor(supervisor.access_token) if refresh else None,
                                _to_supervisor(supervisor.request_failed), late_s=settings.quota.late_send_s)
         client = httpx.AsyncClient(
@@ -159,12 +158,6 @@ class SupervisorActor:
         with structlog.contextvars.bound_contextvars(**self._log_context, media=self.media, account=key.account,
                                                      date=key.day.isoformat(), attempt=attempt):
             return await self.core.request_failed(key, error, attempt, what, cut_reads)
-
-    async def acquire_job(self, key: ReportKey) -> None:
-        await self.core.acquire_job(key)
-
-    async def release_job(self, key: ReportKey) -> None:
-        await self.core.release_job(key)
 
     async def access_token(self, rejected: str | None = None) -> AccessToken | IngestError:
         with structlog.contextvars.bound_contextvars(**self._log_context, media=self.media):

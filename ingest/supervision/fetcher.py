@@ -10,11 +10,9 @@ re-raises the classified error; it never retries — the supervisor decides that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Any
 
@@ -64,16 +62,15 @@ class QuotaLink:
     ask in one call (``permits(utilization, accounts)``; one call in flight, the next carries
     everything that arrived meanwhile), so a busy fetcher costs the supervisor one Ray call per
     burst, not one per request. The highest usage the platform reported since the last call
-    rides along, so usage near the limit slows the whole media. ``acquire_job``/``release_job``
-    around each async report job. The callables return awaitables: ``ObjectRef``s of the
-    supervisor actor's methods in production, the plain ``MediaSupervisor`` methods in tests.
+    rides along, so usage near the limit slows the whole media. (Async-job slots are not asked
+    for here: the supervisor holds one around the fetch of a report that is a platform job.)
+    The callables return awaitables: ``ObjectRef``s of the supervisor actor's methods in
+    production, the plain ``MediaSupervisor`` methods in tests.
     """
 
     def __init__(
         self,
         permits: Callable[[float | None, list[str | None]], Awaitable[list[Permit]]],
-        acquire_job: Callable[[ReportKey], Awaitable[None]],
-        release_job: Callable[[ReportKey], Awaitable[None]],
         access_token: Callable[[str | None], Awaitable[AccessToken | IngestError]] | None = None,
         request_failed: (
             Callable[[ReportKey, IngestError, int, str, int], Awaitable[tuple[bool, float, str]]] | None
@@ -85,8 +82,6 @@ class QuotaLink:
         self._asking: asyncio.Task[None] | None = None
         self._late_s = late_s
         self._request_failed = request_failed
-        self._acquire_job = acquire_job
-        self._release_job = release_job
         self._access_token = access_token
         self._token: AccessToken | None = None
         self._utilization: float | None = None
@@ -169,17 +164,6 @@ class QuotaLink:
 
         return hook
 
-    def job_slot(self, key: ReportKey) -> Callable[[], AbstractAsyncContextManager[None]]:
-        @contextlib.asynccontextmanager
-        async def slot() -> AsyncIterator[None]:
-            await self._acquire_job(key)
-            try:
-                yield
-            finally:
-                await self._release_job(key)
-
-        return slot
-
 
 class ReportFetcher:
     def __init__(
@@ -205,7 +189,7 @@ class ReportFetcher:
             session = HttpSession(self.client, poll_wait=poll_wait)
         else:
             session = HttpSession(self.client, gate=lambda: quota.gate(key.account), poll_wait=poll_wait,
-                                  on_usage=quota.on_usage, job_slot=quota.job_slot(key),
+                                  on_usage=quota.on_usage,
                                   bearer=quota.bearer if quota.has_tokens else None, retry=quota.retry_hook(key))
         paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day, key.last)
         started = time.perf_counter()

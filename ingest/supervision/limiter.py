@@ -3,7 +3,7 @@
 One ``RateLimiter`` lives in the media's supervisor actor; fetchers (on any node) ask it for
 a permit before each request, so the rate holds for the whole media, not per process. The
 same goes for ``JobSlots``: the async report jobs (Meta async insights, Yahoo reports) a
-media may have open at once, held from job creation until its result is downloaded.
+media may have open at once, each held by the supervisor around its report's fetch.
 Usage headers near the limit slow it down *before* the platform throttles us; a throttle
 pauses it until the server's hint has passed.
 """
@@ -124,8 +124,9 @@ class RateLimiter:
 class JobSlots:
     """At most ``n`` async report jobs in flight per media (a platform-side quota).
 
-    A slot is owned by the report that took it, so the supervisor can take back the slots of
-    a report whose fetcher process died while holding them (``release_all``).
+    Held by the supervisor around the whole fetch of a report that is a platform job
+    (``MediaSupervisor._handle``), so a fetcher that dies cannot keep one; a slot is owned by
+    its report, and a second release of it is a no-op.
     """
 
     def __init__(self, n: int) -> None:
@@ -155,12 +156,6 @@ class JobSlots:
             del self._held[owner]
         self._sem.release()
         return True
-
-    def release_all(self, owner: Hashable) -> int:
-        n = 0
-        while self.release(owner):
-            n += 1
-        return n
 
     @contextlib.asynccontextmanager
     async def slot(self, owner: Hashable) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ the thin Ray shell; the driver consumes its event stream and writes the ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -21,6 +22,7 @@ import structlog
 
 from ingest.config import MediaSettings, RestartSettings
 from ingest.errors import AuthError, IngestError, JobFailed, Malformed, RetriableError, Throttled
+from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken, TokenCache
 from ingest.supervision.breaker import CircuitBreaker
 from ingest.supervision.limiter import JobSlots, Permit, RateLimiter
@@ -89,6 +91,8 @@ class MediaSupervisor:
         self.limiter = RateLimiter(q.requests_per_second, q.burst, clock=clock, window_s=q.window_s,
                                    jitter_s=q.arrival_jitter_s, late_s=q.late_send_s)
         self.jobs = JobSlots(settings.quota.max_concurrent_jobs)
+        #: each report is a platform job (Yahoo, Meta async): a slot is held around its fetch
+        self.report_jobs = connector_class(settings.connector).uses_report_jobs(dict(settings.options))
         self.breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.open_s, clock=clock,
                                       window_s=settings.breaker.window_s)
         self.restarts = RestartIntensity(settings.restarts, clock=clock)
@@ -100,14 +104,13 @@ class MediaSupervisor:
         self._pending = 0
         self._open_cycles = 0
         self._restart_locks: dict[int, asyncio.Lock] = {}
-        self._in_flight: set[ReportKey] = set()
         self._finished: set[ReportKey] = set()
         self._throttle_run = 0  # app-scoped throttles since the last success
         self._account_pause: dict[str, float] = {}  # account → clock() until which it sends nothing
         self._attempt_of: dict[ReportKey, int] = {}  # the report attempt a fetcher is working on
         self._request_retries: Counter[ReportKey] = Counter()
         self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0,
-                       "permit_calls": 0, "permits": 0, "job_calls": 0}  # the last three: the fetchers' calls to us
+                       "permit_calls": 0, "permits": 0}  # the last two: the fetchers' calls to us
 
     # -- quota: every request of every fetcher of this media comes through here ----------
     async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
@@ -160,18 +163,6 @@ class MediaSupervisor:
                              extra={"scope": getattr(error, "scope", None)}))
             return True, delay, decision.reason
         return False, 0.0, self.given_up or decision.reason
-
-    async def acquire_job(self, key: ReportKey) -> None:
-        """One of the media's ``max_concurrent_jobs`` async-job slots, owned by ``key``."""
-        self.counts["job_calls"] += 1
-        await self.jobs.acquire(key)
-        if key not in self._in_flight:
-            # the fetch that asked has already ended (its process died while it waited): give it back
-            self.jobs.release(key)
-
-    async def release_job(self, key: ReportKey) -> None:
-        self.counts["job_calls"] += 1
-        self.jobs.release(key)
 
     async def access_token(self, rejected: str | None = None) -> AccessToken | IngestError:
         """The media's access token for any of its fetchers (refresh-token credentials only).
@@ -268,15 +259,13 @@ class MediaSupervisor:
         if not await self._wait_for_breaker(key, attempt):
             return
         handle = self.fetchers[index]
-        self._in_flight.add(key)
         self._attempt_of[key] = attempt
         try:
-            try:
+            # a report that is a platform job holds one of the media's job slots from before its
+            # first request until its fetch returns, however it ends (a dead fetcher included):
+            # here, not in the fetcher, so it costs no Ray call and nothing is left to take back
+            async with self.jobs.slot(key) if self.report_jobs else contextlib.nullcontext():
                 result = await handle.fetch(key)
-            finally:  # before the key can be re-queued and taken by another slot
-                self._in_flight.discard(key)
-                if n := self.jobs.release_all(key):  # a dead fetcher cannot give its job slots back
-                    log.warning("job_slots_reclaimed", media=self.media, report=str(key), slots=n)
         except WorkerDied as exc:
             self.breaker.cancel_probe()  # a crash says nothing about the API
             self._put(key.without_landed(), attempt, 0.0)  # not an API attempt: fetched once more

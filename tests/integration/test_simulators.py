@@ -374,7 +374,7 @@ def test_a_long_report_survives_faults_on_every_page() -> None:
     with run_simulator("meta", seed=7, page_size=1, account_rps=0, app_rps=0, hang_s=0.5, job_polls=1,
                        fault_rates=rates, regain_minutes=0) as sim:
         conn = connector("meta", sim.base_url, {"mode": "async", "page_limit": 1, "max_polls": 50})
-        link = QuotaLink(sup.permits, sup.acquire_job, sup.release_job, None, sup.request_failed)
+        link = QuotaLink(sup.permits, None, sup.request_failed)
         key = ReportKey("meta", "act_1234567", first, 28)
 
         async def go() -> tuple[list[Row], HttpSession]:

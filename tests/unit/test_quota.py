@@ -26,7 +26,7 @@ from ingest.media.yahoo_ads import YahooAdsConnector
 from ingest.supervision.fetcher import QuotaLink
 from ingest.supervision.limiter import JobSlots, Permit, RateLimiter
 from ingest.supervision.supervisor import MediaSupervisor
-from ingest.tasks import ReportKey
+from ingest.tasks import ReportKey, ReportResult, Totals
 
 DAY = date(2026, 3, 14)
 
@@ -69,7 +69,7 @@ def test_usage_slows_down_reservations() -> None:
     assert sends == pytest.approx([i / 4.75 for i in range(5)])
 
 
-def test_job_slots_bound_and_take_back() -> None:
+def test_job_slots_bound() -> None:
     async def go() -> None:
         slots = JobSlots(2)
         await slots.acquire("a")
@@ -77,7 +77,7 @@ def test_job_slots_bound_and_take_back() -> None:
         waiter = asyncio.create_task(slots.acquire("b"))
         await asyncio.sleep(0.01)
         assert not waiter.done() and slots.in_use == 2
-        assert slots.release_all("a") == 2  # e.g. the fetcher holding them died
+        assert slots.release("a") and slots.release("a")
         await asyncio.wait_for(waiter, 1)
         assert slots.in_use == 1 and slots.peak == 2
         assert slots.release("b") and not slots.release("b")  # a second release is a no-op
@@ -102,7 +102,7 @@ async def _never(_: int) -> Any:
 
 def link(sup: MediaSupervisor) -> QuotaLink:
     """What a FetcherActor builds, minus Ray: the supervisor's methods called directly."""
-    return QuotaLink(sup.permits, sup.acquire_job, sup.release_job)
+    return QuotaLink(sup.permits)
 
 
 def test_gate_holds_the_rate_in_real_time() -> None:
@@ -163,7 +163,7 @@ def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
     async def go() -> tuple[float, float]:
         await sup.request_failed(ReportKey("meta", "111", DAY), Throttled("(#80000) too many calls", retry_after=0.3,
                                                                           scope="account"), 1, "page 1")
-        gate = QuotaLink(permits, sup.acquire_job, sup.release_job).gate
+        gate = QuotaLink(permits).gate
         t0 = time.monotonic()
 
         async def timed(account: str) -> float:
@@ -206,8 +206,26 @@ def test_usage_headers_slow_the_whole_media() -> None:
 
 
 def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
-    """Two fetcher processes, 12 reports in flight: never more than max_concurrent_jobs open."""
-    sup = MediaSupervisor("yahoo_ads", media_settings("yahoo_ads", max_concurrent_jobs=3), _never)
+    """Two fetcher processes, 12 reports in flight: never more than max_concurrent_jobs open (the
+    supervisor holds a slot around each Yahoo report's fetch), every request gated."""
+    sessions: list[HttpSession] = []
+
+    class Fetcher:  # a fetcher process: the connector through its own QuotaLink to the supervisor
+        def __init__(self) -> None:
+            self.quota = link(sup)
+
+        async def fetch(self, key: ReportKey) -> ReportResult:
+            http = HttpSession(client, gate=self.quota.gate, on_usage=self.quota.on_usage)
+            sessions.append(http)
+            rows = await make(YahooAdsConnector).fetch(http, key.account, DAY)
+            assert len(rows) == 1
+            return ReportResult(key, Totals(rows=1), 10, http.requests, (), 0.0)
+
+    async def spawn(_: int) -> Fetcher:
+        return Fetcher()
+
+    sup = MediaSupervisor("yahoo_ads", media_settings("yahoo_ads", max_concurrent_jobs=3).model_copy(
+        update={"fetchers": 2, "concurrency": 6}), spawn)
     state = {"open": 0, "peak": 0, "requests": 0, "seq": 0}
 
     def definition(job: int, status: str) -> dict[str, Any]:
@@ -231,28 +249,16 @@ def test_async_jobs_limited_per_media_across_fetchers_and_polls_gated() -> None:
                "2026-03-14,1001,Brand,1,1,5,0\n")
         return httpx.Response(200, content=csv.encode(), headers={"Content-Type": "text/csv"})
 
-    async def go() -> None:
-        fetchers = [link(sup), link(sup)]
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            conn = make(YahooAdsConnector)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
-            async def one(i: int) -> None:
-                key = ReportKey("yahoo_ads", str(1000 + i), DAY)
-                quota = fetchers[i % 2]
-                sup._in_flight.add(key)  # what MediaSupervisor._handle does around a fetch
-                try:
-                    http = HttpSession(client, gate=quota.gate, on_usage=quota.on_usage, job_slot=quota.job_slot(key))
-                    sessions.append(http)
-                    rows = await conn.fetch(http, key.account, DAY)
-                    assert len(rows) == 1
-                finally:
-                    sup._in_flight.discard(key)
+    async def go() -> list[Any]:
+        async with client:
+            keys = [ReportKey("yahoo_ads", str(1000 + i), DAY) for i in range(12)]
+            return [e async for e in sup.run(keys) if e.kind in ("done", "failed")]
 
-            await asyncio.gather(*(one(i) for i in range(12)))
-
-    sessions: list[HttpSession] = []
-    asyncio.run(go())
-    assert state["peak"] == 3  # bounded, and actually reached
+    ended = asyncio.run(asyncio.wait_for(go(), 20))
+    assert [e.kind for e in ended] == ["done"] * 12 and len(sup.fetchers) == 2
+    assert state["peak"] == 3 and sup.jobs.peak == 3  # bounded, and actually reached
     assert state["open"] == 0 and sup.jobs.in_use == 0
     # add + poll + download: every one gated (on a loaded machine a permit used too late is
     # given up and another taken: those are counted apart)

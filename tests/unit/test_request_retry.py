@@ -50,7 +50,7 @@ def supervisor(connector: str, **retry: Any) -> MediaSupervisor:
 def fetch(sup: MediaSupervisor, conn: Any, script: Script, account: str,
           day: date = DAY) -> tuple[list[Row], HttpSession]:
     """What ReportFetcher does for one report, with the supervisor's methods called directly."""
-    link = QuotaLink(sup.permits, sup.acquire_job, sup.release_job, None, sup.request_failed)
+    link = QuotaLink(sup.permits, None, sup.request_failed)
     key = ReportKey(conn.media, account, day)
 
     async def go() -> tuple[list[Row], HttpSession]:
@@ -156,7 +156,7 @@ def test_an_account_throttle_pauses_that_account_only() -> None:
         decision = await sup.request_failed(key, throttle, 1, "page 1")
         started = time.monotonic()
 
-        gate = QuotaLink(sup.permits, sup.acquire_job, sup.release_job).gate  # what a fetcher waits on
+        gate = QuotaLink(sup.permits).gate  # what a fetcher waits on
 
         async def granted(account: str) -> float:
             await gate(account)  # returns at the permit's send time
