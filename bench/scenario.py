@@ -159,6 +159,14 @@ def figures(spec: dict[str, Any], cfg: Any, wall: float, reports: int,
     }
 
 
+def per_second(counts: dict[str, int]) -> list[int]:
+    """A simulator's arrivals per wall-clock second as a list from its first second to its last."""
+    if not counts:
+        return []
+    secs = {int(k): v for k, v in counts.items()}
+    return [secs.get(t, 0) for t in range(min(secs), max(secs) + 1)]
+
+
 def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from bench.procs import Sampler
     from ingest.job import NightlyJob, RunRequest
@@ -193,7 +201,9 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 out["media"][media].update({
                     "first_request_s": round(st["first_at"] - epoch, 2),
                     "last_request_s": round(st["last_at"] - epoch, 2),
-                    "violations_s": [round(t - epoch, 2) for t in st.get("violations_at", [])]})
+                    "violations_s": [round(t - epoch, 2) for t in st.get("violations_at", [])],
+                    # requests arriving in each second of the sending: where it ran below the quota
+                    "arrivals_by_s": per_second(st.get("arrivals_by_s", {}))})
     failed = sum(m.failed for m in report.media.values())
     out.update({
         "outcome": report.outcome, "failed_reports": failed,

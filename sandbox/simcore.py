@@ -174,6 +174,8 @@ class Simulator:
             "first_at": None,
             "last_at": None,
             "violations_at": [],
+            # arrivals per wall-clock second: where the sending fell below the quota
+            "arrivals_by_s": Counter(),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -301,6 +303,7 @@ class Simulator:
         arrived = time.time()
         st["first_at"] = st["first_at"] or arrived
         st["last_at"] = arrived
+        st["arrivals_by_s"][int(arrived)] += 1
         over = self._quota(account)
         if over is not None:
             st["violations"] += 1

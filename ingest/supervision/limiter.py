@@ -102,15 +102,28 @@ class RateLimiter:
         SLOW_FROM the rate becomes TARGET × that capacity (never above the configured rate).
         Alone on the budget at our configured rate this is a fixed point (no slowdown); when
         someone else spends the same budget, ``u`` rises and we yield in proportion.
+        ``u`` is the busiest of the platform's windows the fetchers saw (the highest report since
+        their last permit call), so ``r`` is our busiest window too: our average rate against
+        a peak usage read ~1 request per window of jitter as someone else's and settled ~5 %
+        below the window guard's pace (Meta at 10.9 of 12/s in the faults bench).
         """
         if utilization <= self.SLOW_FROM:
             self.rate = self.base_rate
             return
-        now = self.clock()
-        recent = [t for t in self._sends if now - self.WINDOW_S <= t <= now]
-        sent = len(recent) / self.WINDOW_S if len(recent) >= 2 else self.rate
-        capacity = sent / utilization
+        capacity = self._peak_rate(self.clock()) / utilization
         self.rate = max(self.base_rate * self.MIN_FACTOR, min(self.base_rate, self.TARGET * capacity))
+
+    def _peak_rate(self, now: float) -> float:
+        """Our most permits scheduled in any ``window_s`` among the last WINDOW_S, per second."""
+        recent = [t for t in self._sends if now - self.WINDOW_S <= t <= now]
+        if len(recent) < 2:
+            return self.rate
+        peak, first = 0, 0
+        for i, t in enumerate(recent):
+            while recent[first] <= t - self.window_s:
+                first += 1
+            peak = max(peak, i - first + 1)
+        return peak / self.window_s
 
     def pause(self, seconds: float) -> None:
         """Hold every permit until ``seconds`` from now (the platform asked us to wait)."""

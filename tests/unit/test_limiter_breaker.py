@@ -31,6 +31,32 @@ def test_limiter_never_exceeds_rate_over_any_window(rate: float, burst: int) -> 
         assert in_window <= rate * window + burst
 
 
+def test_alone_on_the_budget_the_platforms_usage_report_does_not_slow_us() -> None:
+    """Meta reports usage as the share of its window the arrivals fill, and the fetchers pass on
+    the highest report since their last permit call. Alone on the budget, paced by the window
+    guard, that peak is ~100 %: the limiter must read it as our own peak, not someone else's."""
+    import random
+
+    rate, jitter, latency = 12.0, 0.015, 0.05
+    clock = FakeClock()
+    lim = RateLimiter(rate, 1, clock=clock, jitter_s=jitter, late_s=0.02)
+    rng = random.Random(7)
+    arrivals: list[float] = []
+    peak = 0.0
+    for n in range(1, 12 * 60):
+        clock.t += lim.reserve()  # a saturated queue: the next request asks as this one goes
+        arrived = clock.t + latency + rng.uniform(-jitter, jitter)
+        arrivals.append(arrived)
+        in_window = sum(1 for a in arrivals[-30:] if arrived - 1.0 < a <= arrived)
+        peak = max(peak, round(100 * min(1.0, in_window / rate)) / 100)  # as the simulator reports it
+        if n % 4 == 0:  # one permit call per few requests carries the highest usage seen since
+            lim.observe_usage(peak)
+            peak = 0.0
+    sent = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    guard_pace = rate / (1.0 + lim.guard_s)  # window_limit sends per window + guard
+    assert sent >= 0.98 * guard_pace, (sent, guard_pace, lim.rate)
+
+
 def test_usage_near_limit_slows_down_and_recovers() -> None:
     clock = FakeClock()
     lim = RateLimiter(10.0, 1, clock=clock)

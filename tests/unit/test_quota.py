@@ -198,10 +198,10 @@ def test_usage_headers_slow_the_whole_media() -> None:
                 rates.append(sup.limiter.rate)
         return rates
 
-    # the usage a response reports reaches the limiter with the next permit: 90 % while we send
-    # about 1 request/s implies a capacity near 1/s, so the media slows to ~95 % of it
+    # the usage a response reports reaches the limiter with the next permit: 90 % while our
+    # busiest second held 2 requests implies a capacity near 2/s, so the media slows to ~95 % of it
     rates = asyncio.run(go())
-    assert rates[0] == 10.0 and rates[2] < 2.0 and rates[3] == 10.0
+    assert rates[0] == 10.0 and rates[2] < 2.5 and rates[3] == 10.0
     assert sup.limiter.granted == 4
 
 
