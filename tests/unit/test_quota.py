@@ -179,6 +179,49 @@ def test_requests_waiting_together_ask_for_their_permits_in_one_call() -> None:
     assert sup.limiter.granted == 61
 
 
+def test_a_backed_up_schedule_gathers_requests_into_fewer_calls() -> None:
+    """Where the rate binds, requests arrive one by one at its pace; when the schedule is backed
+    up, a call waits (≤ LINGER_S) for company: fewer calls, the same slots, the same pace. Below
+    the quota nothing waits."""
+    sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=10, burst=1), _never)
+    calls: list[int] = []
+
+    async def permits(utilization: float | None, accounts: list[str | None]) -> list[Permit]:
+        calls.append(len(accounts))
+        return await sup.permits(utilization, accounts)
+
+    async def go() -> tuple[float, list[float]]:
+        quota = QuotaLink(permits)
+        t0 = time.monotonic()
+        sent: list[float] = []
+
+        async def request(after: float) -> None:
+            await asyncio.sleep(after)
+            await quota.gate()
+            sent.append(time.monotonic() - t0)
+
+        # 15 at once (1.4 s of schedule), then 10 more one by one, 30 ms apart
+        await asyncio.gather(*(request(0) for _ in range(15)), *(request(0.05 + 0.03 * i) for i in range(10)))
+        return time.monotonic() - t0, sorted(sent)
+
+    took, sent = asyncio.run(go())
+    assert sum(calls) == 25 and calls[0] == 15
+    assert len(calls) <= 4, calls  # without waiting for company: 11 calls
+    assert 2.3 <= took < 2.7  # 25 slots at 10/s: the pace of the schedule, not of the calls
+    assert all(b - a >= 0.09 for a, b in zip(sent, sent[1:], strict=False))
+
+    fast = MediaSupervisor("meta", media_settings("meta", requests_per_second=1000, burst=100), _never)
+
+    async def below_the_quota() -> float:
+        gate = QuotaLink(fast.permits).gate
+        t0 = time.monotonic()
+        for _ in range(10):
+            await gate()
+        return time.monotonic() - t0
+
+    assert asyncio.run(below_the_quota()) < 0.05  # nothing backed up: no call waits
+
+
 def test_usage_headers_slow_the_whole_media() -> None:
     sup = MediaSupervisor("meta", media_settings("meta", requests_per_second=10, burst=5), _never)
     usage = {"value": 90}
@@ -374,5 +417,8 @@ def test_a_dead_supervisor_is_not_a_failed_report() -> None:
         return [type(err.value).__name__, *store.names]
 
     assert asyncio.run(go(gone)) == ["SupervisorGone"]  # no failed/ object
-    kind, *names = asyncio.run(go(lambda _u, accounts: asyncio.sleep(0, result=[0.0] * len(accounts))))
+    async def on_time(_u: float | None, accounts: list[str | None]) -> list[Permit]:
+        return [Permit(time.time()) for _ in accounts]
+
+    kind, *names = asyncio.run(go(on_time))
     assert kind != "SupervisorGone" and names == [f"failed/meta/dt={DAY.isoformat()}/1234.json"]
