@@ -70,10 +70,10 @@ class RetrySettings(Strict):
 
     max_attempts: int = Field(5, ge=1, le=50, description="attempts of a whole report (a new report job each); "
                               "only a failed or expired platform job starts a report again")
-    request_attempts: int = Field(6, ge=1, le=50, description="attempts of one request (create, poll, page, "
+    request_attempts: int = Field(10, ge=1, le=50, description="attempts of one request (create, poll, page, "
                                   "download, stream) before the report fails")
     retry_budget: int = Field(30, ge=0, le=1000, description="request retries per report, all requests together")
-    malformed_attempts: int = Field(3, ge=1, le=20, description="reads of a cut/unparseable 200 body before the "
+    malformed_attempts: int = Field(5, ge=1, le=20, description="reads of a cut/unparseable 200 body before the "
                                     "report fails as DataError (each body kept in GCS)")
     backoff_min_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(60.0, gt=0)

@@ -210,10 +210,10 @@ def chaos_media(media: str, n_accounts: int) -> dict[str, Any]:
     so ~60% of attempts fail somewhere) always gets through, and a breaker that 20% random
     faults rarely trip (and that closes again quickly when they do).
 
-    ``request_attempts`` 12, not the default 6: one request faulted 6 times in a row is
-    0.2**6 = 6.4e-5, and a run sends ~670 requests, so the default fails a report in ~4 % of
-    runs by design (the likely cause of the one CI failure of this test: a Yahoo report failed
-    at its first report attempt, its reason not kept); 0.2**12 × 670 ≈ 3e-6."""
+    ``request_attempts`` 12 (the default is 10): one request faulted 6 times in a row is
+    0.2**6 = 6.4e-5, and a run sends ~670 requests, so the old default of 6 failed a report in
+    ~4 % of runs by design (the likely cause of the one CI failure of this test: a Yahoo report
+    failed at its first report attempt, its reason not kept); 0.2**12 × 670 ≈ 3e-6."""
     return {
         "accounts": accounts(media, n_accounts),
         "fetchers": 1,
@@ -348,7 +348,7 @@ def test_dead_supervisor_is_recreated_and_continues(stack: Any, sims: Callable[.
 @pytest.mark.stack
 def test_media_down_for_the_whole_run_is_partial(stack: Any, sims: Callable[..., None],
                                                   make_config: Callable[..., PipelineConfig], sqlite_url: str) -> None:
-    fast = {"retry": {"max_attempts": 10, "backoff_min_s": 0.05, "backoff_max_s": 0.2},
+    fast = {"retry": {"max_attempts": 10, "request_attempts": 6, "backoff_min_s": 0.05, "backoff_max_s": 0.2},
             "breaker": {"failure_threshold": 3, "open_s": 0.3, "max_open_cycles": 2}}
     cfg = make_config(stack, sqlite_url, media={m: {"accounts": accounts(m, 4), **fast} for m in MEDIA})
     sims()
