@@ -74,7 +74,8 @@ class QuotaLink:
     wait costs no throughput and no send moves; the supervisor answers one call for several.
     """
 
-    #: how far ahead the last permit must lie before a call waits for company, and the longest wait
+    #: how far ahead the last permit must lie before a call waits for company, and the wait
+    #: (well below the former, so the wait always ends inside the backlog)
     LINGER_FROM_S = 1.0
     LINGER_S = 0.2
 
@@ -139,7 +140,7 @@ class QuotaLink:
             try:
                 ahead = self._last_send_at - time.time()
                 if ahead >= self.LINGER_FROM_S:  # backed up: wait for company (class docstring)
-                    await asyncio.sleep(min(self.LINGER_S, ahead / 5))
+                    await asyncio.sleep(self.LINGER_S)
                 batch, self._waiting = self._waiting, []
                 utilization, self._utilization = self._utilization, None
                 got = await self._permits(utilization, [account for account, _ in batch])
