@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from ingest.supervision.breaker import CircuitBreaker
@@ -35,8 +37,6 @@ def test_alone_on_the_budget_the_platforms_usage_report_does_not_slow_us() -> No
     """Meta reports usage as the share of its window the arrivals fill, and the fetchers pass on
     the highest report since their last permit call. Alone on the budget, paced by the window
     guard, that peak is ~100 %: the limiter must read it as our own peak, not someone else's."""
-    import random
-
     rate, jitter, latency = 12.0, 0.015, 0.05
     clock = FakeClock()
     lim = RateLimiter(rate, 1, clock=clock, jitter_s=jitter, late_s=0.02)
