@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import ray
 import structlog
 
@@ -20,6 +19,7 @@ from ingest.config import GcsSettings, MediaSettings
 from ingest.errors import IngestError
 from ingest.logging import configure_logging
 from ingest.media.base import Secret
+from ingest.media.client_shards import ClientShards
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.clients import gcs_client
@@ -48,13 +48,9 @@ class FetcherActor:
         self.quota = QuotaLink(_to_supervisor(supervisor.permits),
                                _to_supervisor(supervisor.access_token) if refresh else None,
                                _to_supervisor(supervisor.request_failed), late_s=settings.quota.late_send_s)
-        client = httpx.AsyncClient(
-            timeout=settings.timeout_s,
-            limits=httpx.Limits(max_connections=settings.concurrency * 2,
-                                max_keepalive_connections=settings.concurrency),
-        )
+        clients = ClientShards.for_concurrency(settings.concurrency, settings.timeout_s)
         store = ReportStore(gcs_client(gcs, project), gcs.bucket)
-        self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, client)
+        self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, clients)
 
     async def ready(self) -> tuple[int, str]:
         return os.getpid(), ray.get_runtime_context().get_node_id()

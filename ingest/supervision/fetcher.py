@@ -23,6 +23,7 @@ from ingest.config import MediaSettings
 from ingest.errors import ConfigError, DataError, IngestError, Malformed
 from ingest.media.base import (ConnectorSettings, Connector, HttpSession, RequestRetry, Row, Secret, Usage,
                                ensure_classified, rows_to_csv)
+from ingest.media.client_shards import ClientShards
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken
 from ingest.storage import ReportPaths, ReportStore
@@ -184,13 +185,14 @@ class QuotaLink:
 
 class ReportFetcher:
     def __init__(
-        self, media: str, settings: MediaSettings, connector: Connector, store: ReportStore, client: httpx.AsyncClient
+        self, media: str, settings: MediaSettings, connector: Connector, store: ReportStore,
+        clients: ClientShards | httpx.AsyncClient,
     ) -> None:
         self.media = media
         self.settings = settings
         self.connector = connector
         self.store = store
-        self.client = client
+        self.clients = clients if isinstance(clients, ClientShards) else ClientShards([clients])
 
     async def fetch(
         self,
@@ -202,28 +204,31 @@ class ReportFetcher:
         async def poll_wait(n: int) -> None:  # adaptive: starts fast, grows while the job runs
             await asyncio.sleep(poll_interval(n, polls.poll_min_s, polls.poll_max_s))
 
-        if quota is None:
-            session = HttpSession(self.client, poll_wait=poll_wait)
-        else:
-            session = HttpSession(self.client, gate=lambda: quota.gate(key.account), poll_wait=poll_wait,
-                                  on_usage=quota.on_usage,
-                                  bearer=quota.bearer if quota.has_tokens else None, retry=quota.retry_hook(key))
         paths = ReportPaths(self.store.bucket_name, key.media, key.account, key.day, key.last)
         started = time.perf_counter()
-        try:
-            rows = await self.connector.fetch(session, key.account, key.day, key.last)
-            self._check_rows(key, rows)
-        except (asyncio.CancelledError, SupervisorGone):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - every failure is classified and its raw kept
-            error = ensure_classified(exc, key.media, key.account, key.day)
+        failure: IngestError | None = None
+        with self.clients.lease() as client:  # only while requests are sent, not while objects land
+            if quota is None:
+                session = HttpSession(client, poll_wait=poll_wait)
+            else:
+                session = HttpSession(client, gate=lambda: quota.gate(key.account), poll_wait=poll_wait,
+                                      on_usage=quota.on_usage,
+                                      bearer=quota.bearer if quota.has_tokens else None, retry=quota.retry_hook(key))
+            try:
+                rows = await self.connector.fetch(session, key.account, key.day, key.last)
+                self._check_rows(key, rows)
+            except (asyncio.CancelledError, SupervisorGone):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every failure is classified and its raw kept
+                failure = ensure_classified(exc, key.media, key.account, key.day)
+        if failure is not None:
             doc = {**session.raw_document(),
-                   "error": {"kind": error.kind, "message": error.message, "status": error.status}}
+                   "error": {"kind": failure.kind, "message": failure.message, "status": failure.status}}
             try:
                 await asyncio.to_thread(self.store.put_json, paths.failed_json, doc)
             except IngestError as store_exc:
                 log.warning("failed_raw_not_kept", report=str(key), error=str(store_exc))
-            raise error from None
+            raise failure from None
         # CSVs last: the BigQuery load reads *.csv, so a report is visible only once complete.
         # One per day (a range report is split here), rows in campaign order so that equal
         # content gives equal bytes: the digest tells the ledger whether the day changed, and a
