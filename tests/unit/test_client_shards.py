@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, timedelta
-from typing import Any
 
 import httpx
 from connector_template import make
