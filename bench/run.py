@@ -33,7 +33,7 @@ RECOVERABLE = {"throttle": 1.0, "server_error": 1.0, "timeout": 1.0, "drop": 1.0
 def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     k = 0.1 if quick else 1.0
     nightly_accounts = max(4, int(334 * k))  # 3 × 334 = 1,002 reports on one date
-    nightly = {
+    nightly: dict[str, Any] = {
         "latency_ms": 50, "jitter_ms": 15, "fault_rate": 0.10, "faults": FAULTS, "days": 1, "last_date": "2026-11-20",
         "media": {"meta": {"accounts": nightly_accounts, "quota_rps": 12},
                   "google_ads": {"accounts": nightly_accounts, "quota_rps": 12},
@@ -42,6 +42,9 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = [
         ("nightly", {"kind": "pipeline", **nightly}),
         ("naive baseline", {"kind": "naive", **nightly}),
+        # the nightly's fixed cost: the same actors start, stage 2 runs, but one account per media
+        ("empty night", {"kind": "pipeline", **nightly, "fault_rate": 0.0,
+                         "media": {m: {**v, "accounts": 1} for m, v in nightly["media"].items()}}),
     ]
     # issue 14: every recoverable fault kind, on every request type, in equal parts; Meta async
     # (create, polls, pages) so a fault can land mid-report; 0 reports may be lost
@@ -188,6 +191,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         per = ", ".join(f"{name} {r['our_cpu_ms_per_report']:.1f} ms/report = {r['our_cpu_ms_per_partition']:.1f} "
                         f"ms/partition ({r['reports']} reports, {r['partitions']} partitions)" for name, r in cpu)
         lines.append(f"CPU of our processes (fetchers + supervisors + driver; goal ≤ 5 ms/report): {per}")
+    lines.extend(cpu_split(results))
     scale = results.get("scale", {})
     if "cpu_s_by_process" in scale:
         cpu = ", ".join(f"{k} {v:.0f}s" for k, v in scale["cpu_s_by_process"].items())
@@ -207,6 +211,30 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                      f"{pub['publish_rows_per_s']:,.0f} rows/s vs raw COPY "
                      f"{pub['copy_rows_per_s']:,.0f} rows/s → {ratio:.2f} of COPY (goal ≥ 0.8)")
     return "\n".join(lines)
+
+
+def _our_cpu_s(r: dict[str, Any]) -> float:
+    return float(r["our_cpu_ms_per_report"]) * r["reports"] / 1000
+
+
+def cpu_split(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Our CPU split into what a night costs whatever its size (processes starting, stage 2: the
+    empty night) and what each further report costs (the nightly beyond the empty night, and the
+    scale run beyond scale ¼): the figure that sizes a cluster for a larger night."""
+    out = []
+    empty, nightly = results.get("empty night", {}), results.get("nightly", {})
+    if "our_cpu_ms_per_report" in empty and "our_cpu_ms_per_report" in nightly:
+        fixed = _our_cpu_s(empty)
+        extra = (_our_cpu_s(nightly) - fixed) / (nightly["reports"] - empty["reports"]) * 1000
+        out.append(f"CPU of our processes per night (empty night: {empty['reports']} reports, the same actors, "
+                   f"stage 2): {fixed:.1f}s fixed; the nightly's {nightly['our_cpu_ms_per_report']:.1f} ms/report "
+                   f"= that + {extra:.1f} ms for each report beyond it (goal ≤ 5 ms/report)")
+    small, full = results.get("scale ¼", {}), results.get("scale", {})
+    if "our_cpu_ms_per_report" in small and "our_cpu_ms_per_report" in full and full["reports"] > small["reports"]:
+        extra = (_our_cpu_s(full) - _our_cpu_s(small)) / (full["reports"] - small["reports"]) * 1000
+        out.append(f"CPU of our processes per further report at generous quotas (scale beyond scale ¼): "
+                   f"{extra:.1f} ms")
+    return out
 
 
 def quota_line(name: str, r: dict[str, Any]) -> str | None:
