@@ -28,7 +28,7 @@ from ingest.supervision.fetcher import QuotaLink, ReportFetcher, SupervisorGone,
 from ingest.supervision.limiter import Permit
 from ingest.supervision.metrics import PipelineMetrics
 from ingest.supervision.placement import Placement
-from ingest.supervision.supervisor import FetcherHandle, MediaSupervisor, WorkerDied
+from ingest.supervision.supervisor import EVENT_LINGER_S, FetcherHandle, MediaSupervisor, WorkerDied
 from ingest.tasks import Event, ReportKey, ReportResult
 
 
@@ -140,7 +140,7 @@ class SupervisorActor:
         # bound here, not only in __init__: async methods run on another thread's context; the
         # supervisor's slot tasks are created inside core.run and inherit this binding
         structlog.contextvars.bind_contextvars(**self._log_context, media=self.media)  # no reset across yields
-        async for batch in self.core.run_batches(keys, first_attempt):
+        async for batch in self.core.run_batches(keys, first_attempt, linger_s=EVENT_LINGER_S):
             for event in batch:
                 self.metrics.observe(event)
             yield batch

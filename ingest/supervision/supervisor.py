@@ -32,6 +32,13 @@ from ingest.tasks import Event, ReportKey, ReportResult
 
 log = structlog.get_logger("ingest.supervisor")
 
+#: how long a supervisor lets events gather before it streams them to the driver (see
+#: ``run_batches``). Each streamed object costs both sides a Ray item and the driver a wake-up and
+#: a ledger transaction; gathering for 0.25 s measured, scale ¼ back to back: driver CPU 8.0 → 2.7
+#: s, supervisors 13.5 → 11.6 s (0.05 s: 3.9 / 11.2 s). The ledger and the UI see a result at most
+#: this much later; a media's last event is never held (nothing is pending then).
+EVENT_LINGER_S = 0.25
+
 
 class WorkerDied(Exception):
     """The fetcher process died while it held a report (killed, OOM, node lost)."""
@@ -110,7 +117,8 @@ class MediaSupervisor:
         self._attempt_of: dict[ReportKey, int] = {}  # the report attempt a fetcher is working on
         self._request_retries: Counter[ReportKey] = Counter()
         self.counts = {"done": 0, "failed": 0, "retries": 0, "request_retries": 0, "restarts": 0, "throttled": 0,
-                       "permit_calls": 0, "permits": 0}  # the last two: the fetchers' calls to us
+                       "permit_calls": 0, "permits": 0,  # these two: the fetchers' calls to us
+                       "event_batches": 0}  # objects streamed to the driver
 
     # -- quota: every request of every fetcher of this media comes through here ----------
     async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
@@ -189,10 +197,12 @@ class MediaSupervisor:
                 yield event
 
     async def run_batches(self, keys: list[ReportKey], first_attempt: dict[ReportKey, int] | None = None,
-                          max_batch: int = 500) -> AsyncIterator[list[Event]]:
+                          max_batch: int = 500, linger_s: float = 0.0) -> AsyncIterator[list[Event]]:
         """As :meth:`run`, each yield carrying every event that happened since the last one (in
         order): across Ray each yield is one object, so a busy night costs one per burst of
-        reports rather than one per event; a quiet one still sends each event as it happens."""
+        reports rather than one per event. With ``linger_s`` (the actor passes
+        ``EVENT_LINGER_S``) a yield waits that long after its first event for company while
+        reports are still pending; without it each event goes as it happens."""
         first_attempt = first_attempt or {}
         self._pending = len(keys)
         if not keys:
@@ -208,8 +218,11 @@ class MediaSupervisor:
         try:
             while self._pending > 0 or not self._events.empty():
                 batch = [await self._events.get()]
+                if linger_s > 0 and self._pending > 0:
+                    await asyncio.sleep(linger_s)
                 while len(batch) < max_batch and not self._events.empty():
                     batch.append(self._events.get_nowait())
+                self.counts["event_batches"] += 1
                 yield batch
         finally:
             for task in slots:

@@ -309,3 +309,43 @@ def test_single_throttle_delays_only_its_report_but_a_run_of_throttles_pauses_th
                      quota={"requests_per_second": 1000, "burst": 100, "pause_after_throttles": 3})
     run(sup, keys("a"))
     assert sup.limiter.paused_s > 0  # three in a row: the whole media waited the hint
+
+
+class StaggeredFetcher:
+    """Finishes report i after i × 10 ms: results trickle in as on a busy night."""
+
+    async def fetch(self, key: ReportKey) -> ReportResult:
+        await asyncio.sleep(int(key.account) * 0.01)
+        return ReportResult(key, Totals(rows=1), 10, 1, (), 0.0)
+
+
+@pytest.mark.parametrize("linger_s", [0.0, 0.2])
+def test_events_that_happen_close_together_travel_together_when_the_supervisor_lingers(linger_s: float) -> None:
+    """Each yield is one Ray object to the driver: lingering gathers a burst into few of them
+    and every event still arrives."""
+
+    async def spawn(i: int) -> StaggeredFetcher:
+        return StaggeredFetcher()
+
+    sup = MediaSupervisor("meta", settings(fetchers=1, concurrency=10), spawn)
+    reports = keys(*(str(i) for i in range(1, 9)))
+
+    async def go() -> tuple[list[list[Event]], float]:
+        batches = [b async for b in sup.run_batches(reports, linger_s=linger_s)]
+        return batches, asyncio.get_running_loop().time()
+
+    async def timed() -> tuple[list[list[Event]], float]:
+        started = asyncio.get_running_loop().time()
+        batches, ended = await go()
+        return batches, ended - started
+
+    batches, took = asyncio.run(asyncio.wait_for(timed(), 20))
+    events = [e for b in batches for e in b]
+    assert sorted(e.key.account for e in events if e.kind == "done" and e.key) == [str(i) for i in range(1, 9)]
+    assert sup.counts["event_batches"] == len(batches)
+    if linger_s:
+        # the eight results land within 80 ms: one or two objects, not one per result
+        assert len(batches) <= 3, [[e.kind for e in b] for b in batches]
+        assert took < 0.08 + linger_s + 0.5
+    else:
+        assert len(batches) >= 8  # each report's result as it happens
