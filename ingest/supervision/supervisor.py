@@ -34,8 +34,8 @@ log = structlog.get_logger("ingest.supervisor")
 
 #: how long a supervisor lets events gather before it streams them to the driver (see
 #: ``run_batches``). Each streamed object costs both sides a Ray item and the driver a wake-up and
-#: a ledger transaction; gathering for 0.25 s measured, scale ¼ back to back: driver CPU 8.0 → 2.7
-#: s, supervisors 13.5 → 11.6 s (0.05 s: 3.9 / 11.2 s). The ledger and the UI see a result at most
+#: a ledger transaction; gathering for 0.25 s measured, scale ¼ back to back: driver CPU 8.0 → 2.4
+#: s, supervisors 13.5 → 11.0 s (0.05 s: 3.9 / 11.2 s). The ledger and the UI see a result at most
 #: this much later; a media's last event is never held (nothing is pending then).
 EVENT_LINGER_S = 0.25
 
