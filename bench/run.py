@@ -217,6 +217,11 @@ def _our_cpu_s(r: dict[str, Any]) -> float:
     return float(r["our_cpu_ms_per_report"]) * r["reports"] / 1000
 
 
+def _per_further_report_ms(big: dict[str, Any], small: dict[str, Any]) -> float:
+    """Our CPU per report that ``big`` has beyond ``small``: the marginal cost of a report."""
+    return (_our_cpu_s(big) - _our_cpu_s(small)) / (big["reports"] - small["reports"]) * 1000
+
+
 def cpu_split(results: dict[str, dict[str, Any]]) -> list[str]:
     """Our CPU split into what a night costs whatever its size (processes starting, stage 2: the
     empty night) and what each further report costs (the nightly beyond the empty night, and the
@@ -224,16 +229,14 @@ def cpu_split(results: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     empty, nightly = results.get("empty night", {}), results.get("nightly", {})
     if "our_cpu_ms_per_report" in empty and "our_cpu_ms_per_report" in nightly:
-        fixed = _our_cpu_s(empty)
-        extra = (_our_cpu_s(nightly) - fixed) / (nightly["reports"] - empty["reports"]) * 1000
+        fixed, extra = _our_cpu_s(empty), _per_further_report_ms(nightly, empty)
         out.append(f"CPU of our processes per night (empty night: {empty['reports']} reports, the same actors, "
                    f"stage 2): {fixed:.1f}s fixed; the nightly's {nightly['our_cpu_ms_per_report']:.1f} ms/report "
                    f"= that + {extra:.1f} ms for each report beyond it (goal ≤ 5 ms/report)")
     small, full = results.get("scale ¼", {}), results.get("scale", {})
     if "our_cpu_ms_per_report" in small and "our_cpu_ms_per_report" in full and full["reports"] > small["reports"]:
-        extra = (_our_cpu_s(full) - _our_cpu_s(small)) / (full["reports"] - small["reports"]) * 1000
         out.append(f"CPU of our processes per further report at generous quotas (scale beyond scale ¼): "
-                   f"{extra:.1f} ms")
+                   f"{_per_further_report_ms(full, small):.1f} ms")
     return out
 
 
