@@ -46,7 +46,7 @@ class PublishBench:
     def copy_rows_per_s(self) -> float:
         return self.rows / self.copy_s if self.copy_s else float("inf")
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "publish_rows_per_s": round(self.publish_rows_per_s, 1),
                 "copy_rows_per_s": round(self.copy_rows_per_s, 1),
                 "publish_s": round(self.publish_s, 3), "copy_s": round(self.copy_s, 3),
