@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from aggregations.mart import columns
 from ingest.config import RetrySettings
 from ingest.errors import StageError, Transient
 
@@ -104,7 +105,7 @@ class Publisher:
         does not own). Returns the rows written.
         """
         keyset = {tuple(k) for k in keys}
-        names = [c.name for c in table.columns]
+        names = columns(table)
         key_of = row_values(key_columns)
         stray = {key_of(r) for r in rows} - keyset
         if stray:

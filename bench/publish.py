@@ -75,8 +75,8 @@ def synthetic_rows(n: int, day: date = date(2026, 1, 31), seed: int = 7) -> list
 
 
 def bench_publish(url: str, rows: int = 100_000) -> PublishBench:
-    """Time ``Publisher.replace`` of ``rows`` rows and a bare COPY of them, twice each (see the
-    module doc), each into an empty table."""
+    """Time ``Publisher.replace`` of ``rows`` rows and a bare COPY of them, ``ROUNDS`` times
+    each (see the module doc), each into an empty table."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     schema = "bench_" + uuid.uuid4().hex[:8]
@@ -90,6 +90,7 @@ def bench_publish(url: str, rows: int = 100_000) -> PublishBench:
         keys = {(r["date"], r["media"]) for r in data}
         names = columns(mart_daily_campaign)
         cols = ", ".join(f'"{n}"' for n in names)
+        pick = operator.itemgetter(*names)  # the fastest way from a dict row to a COPY row
 
         def checkpoint() -> None:
             # Each run starts with no dirty pages or WAL of the run before: 1,000,000 rows write
@@ -113,7 +114,6 @@ def bench_publish(url: str, rows: int = 100_000) -> PublishBench:
             with engine.begin() as conn:
                 conn.exec_driver_sql(f'CREATE TABLE "{table}" (LIKE "{mart_daily_campaign.name}" INCLUDING ALL)')
             checkpoint()
-            pick = operator.itemgetter(*names)  # the fastest way from a dict row to a COPY row
             started = time.perf_counter()
             with engine.begin() as conn:
                 driver = conn.connection.driver_connection
