@@ -9,6 +9,9 @@ flight: 1.0 → 0.8 ms). A fetcher process keeps ``concurrency`` reports in flig
 sends one request at a time, so ``ClientShards`` gives each report, for the length of its
 fetch, the least busy of ``ceil(concurrency / SHARD)`` clients: no pool ever holds more than
 ``SHARD`` reports, and none waits for a connection while another pool has one free.
+
+The clients share one TLS context: each ``httpx.AsyncClient`` would otherwise load the CA
+bundle into its own (≈25 ms of CPU each; a fetcher of concurrency 64 built eight).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class ClientShards:
         n = max(1, math.ceil(concurrency / cls.SHARD))
         per = math.ceil(concurrency / n)  # least-busy leasing never puts more on one client
         limits = httpx.Limits(max_connections=per * 2, max_keepalive_connections=per)
-        return cls([httpx.AsyncClient(timeout=timeout_s, limits=limits) for _ in range(n)])
+        tls = httpx.create_ssl_context()  # what each client would build for itself (trust_env: SSL_CERT_FILE…)
+        return cls([httpx.AsyncClient(timeout=timeout_s, limits=limits, verify=tls) for _ in range(n)])
 
     @contextmanager
     def lease(self) -> Iterator[httpx.AsyncClient]:

@@ -23,6 +23,18 @@ def test_sized_by_the_reports_in_flight() -> None:
     assert len(ClientShards.for_concurrency(20, 5).clients) == 3  # 7 + 7 + 6, never 8 + 8 + 4
 
 
+def test_the_clients_share_one_tls_context() -> None:
+    """Loading the CA bundle is the costly part of a client (once per process, not per pool);
+    the shared context is still the verifying default (SSL_CERT_FILE honoured like httpx's)."""
+    import ssl
+
+    shards = ClientShards.for_concurrency(64, 5)
+    contexts = {id(c._transport._pool._ssl_context) for c in shards.clients}  # type: ignore[attr-defined]
+    assert len(shards.clients) == 8 and len(contexts) == 1
+    context = shards.clients[0]._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
 def test_a_lease_goes_to_the_least_busy_client_and_comes_back() -> None:
     shards = ClientShards([httpx.AsyncClient() for _ in range(3)])
     with shards.lease() as a, shards.lease() as b, shards.lease() as c:
