@@ -12,6 +12,9 @@ A re-run overwrites the same names, so GCS never holds two copies of one report;
 CSV would get the bytes it already has (its digest in the ledger, ``ReportKey.landed``) is
 not written again. Every name part is validated before it reaches a path (see ingest.config
 patterns).
+
+The google-cloud libraries are imported where an object is written, not here: a supervisor
+process reads these names but never writes, and would pay ≈0.1 s of CPU per night for them.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
-
-from google.api_core import exceptions as gexc
-from google.cloud import storage  # type: ignore[attr-defined]  # namespace package
+from typing import TYPE_CHECKING, Any
 
 from ingest.config import check_account, check_name
 from ingest.errors import Transient
+
+if TYPE_CHECKING:
+    from google.cloud import storage  # type: ignore[attr-defined]  # namespace package
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +83,16 @@ class ReportStore:
         self.bucket = client.bucket(bucket)
 
     def ensure_bucket(self) -> None:
+        from google.api_core import exceptions as gexc
+
         try:
             self.client.create_bucket(self.bucket_name)
         except gexc.Conflict:
             pass
 
     def put(self, name: str, data: bytes, content_type: str) -> int:
+        from google.api_core import exceptions as gexc
+
         try:
             self.bucket.blob(name).upload_from_string(data, content_type=content_type)
         except (gexc.ServerError, gexc.TooManyRequests, ConnectionError) as exc:
@@ -102,6 +109,8 @@ class ReportStore:
         return [b.name for b in self.client.list_blobs(self.bucket_name, prefix=prefix)]
 
     def delete(self, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
         try:
             self.bucket.blob(name).delete()
         except gexc.NotFound:

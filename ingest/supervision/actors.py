@@ -22,7 +22,6 @@ from ingest.media.base import Secret
 from ingest.media.client_shards import ClientShards
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken, token_cache_for
-from ingest.clients import gcs_client
 from ingest.storage import ReportStore
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, SupervisorGone, build_connector
 from ingest.supervision.limiter import Permit
@@ -48,6 +47,8 @@ class FetcherActor:
         self.quota = QuotaLink(_to_supervisor(supervisor.permits),
                                _to_supervisor(supervisor.access_token) if refresh else None,
                                _to_supervisor(supervisor.request_failed), late_s=settings.quota.late_send_s)
+        from ingest.clients import gcs_client  # here, not at the top: supervisors never write (ingest.storage)
+
         clients = ClientShards.for_concurrency(settings.concurrency, settings.timeout_s)
         store = ReportStore(gcs_client(gcs, project), gcs.bucket)
         self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, clients)
