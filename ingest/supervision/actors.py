@@ -23,12 +23,15 @@ from ingest.media.client_shards import ClientShards
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken, token_cache_for
 from ingest.storage import ReportStore
+from ingest.supervision.exchange import FetcherDesk, Outcome, SupervisorWindow, Work
 from ingest.supervision.fetcher import QuotaLink, ReportFetcher, SupervisorGone, build_connector
 from ingest.supervision.limiter import Permit
 from ingest.supervision.metrics import PipelineMetrics
 from ingest.supervision.placement import Placement
 from ingest.supervision.supervisor import EVENT_LINGER_S, FetcherHandle, MediaSupervisor, WorkerDied
 from ingest.tasks import Event, ReportKey, ReportResult
+
+log = structlog.get_logger("ingest.supervisor")
 
 
 @ray.remote
@@ -38,7 +41,7 @@ class FetcherActor:
     def __init__(self, media: str, settings: MediaSettings, secrets: dict[str, Secret], gcs: GcsSettings,
                  project: str, supervisor: Any, log_context: dict[str, Any]) -> None:
         configure_logging()
-        # bound per call in fetch(): async methods run on the actor's event-loop thread, which
+        # bound per report in _fetch(): async methods run on the actor's event-loop thread, which
         # would not see a binding made here
         self._log_context = {**log_context, "media": media}
         self.supervisor = supervisor
@@ -52,11 +55,16 @@ class FetcherActor:
         clients = ClientShards.for_concurrency(settings.concurrency, settings.timeout_s)
         store = ReportStore(gcs_client(gcs, project), gcs.bucket)
         self.core = ReportFetcher(media, settings, build_connector(media, settings, secrets), store, clients)
+        self.desk = FetcherDesk(self._fetch, linger_s=self.quota.linger_s)
 
     async def ready(self) -> tuple[int, str]:
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    async def fetch(self, key: ReportKey, attempt: int | None = None) -> ReportResult:
+    async def exchange(self, work: list[Work]) -> list[Outcome]:
+        """Start ``work``; return the outcomes finished since the last call (ingest.supervision.exchange)."""
+        return await self.desk.exchange(work)
+
+    async def _fetch(self, key: ReportKey, attempt: int | None) -> ReportResult:
         with structlog.contextvars.bound_contextvars(**self._log_context, account=key.account, date=key.day.isoformat(),
                                                      attempt=attempt):
             return await self.core.fetch(key, self.quota)
@@ -64,6 +72,7 @@ class FetcherActor:
 
 class RayFetcher(FetcherHandle):
     """Adapts a FetcherActor to the supervisor's FetcherHandle; a dead process → WorkerDied.
+    Reports travel several per call (``SupervisorWindow``, ingest.supervision.exchange).
 
     Any Ray error other than the fetcher's own exception (``RayTaskError``) is the machinery
     losing the process or its answer — actor died or unreachable, worker crashed, node died,
@@ -74,13 +83,14 @@ class RayFetcher(FetcherHandle):
         self.actor = actor
         self.pid = pid
         self.node_id = node_id
+        self.window = SupervisorWindow(actor.exchange.remote)  # several reports per call
 
     async def fetch(self, key: ReportKey) -> ReportResult:
         try:
             # the supervisor's slot bound this report's attempt (log context): the fetcher logs it too
-            return await self.actor.fetch.remote(key, structlog.contextvars.get_contextvars().get("attempt"))
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
+            return await self.window.fetch(key, structlog.contextvars.get_contextvars().get("attempt"))
+        except ray.exceptions.RayTaskError as exc:  # the exchange call itself raised (a report's own error
+            cause = exc.cause                       # comes back as its outcome, raised by the window)
             if isinstance(cause, IngestError):
                 raise cause from None
             raise IngestError(f"fetcher raised {type(cause).__name__}: {cause}") from None
@@ -145,6 +155,9 @@ class SupervisorActor:
             for event in batch:
                 self.metrics.observe(event)
             yield batch
+        # the Ray calls that carried the reports (several per call: ingest.supervision.exchange)
+        log.info("fetch_exchanges", media=self.media, reports=len(keys),
+                 calls=sum(h.window.calls for h in self.fetchers.values()))
 
     async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
         return await self.core.permits(utilization, accounts)

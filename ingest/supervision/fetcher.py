@@ -139,9 +139,8 @@ class QuotaLink:
         while self._waiting:
             batch: list[tuple[str | None, asyncio.Future[Permit]]] = []
             try:
-                ahead = self._last_send_at - time.time()
-                if ahead >= self.LINGER_FROM_S:  # backed up: wait for company (class docstring)
-                    await asyncio.sleep(self.LINGER_S)
+                if linger := self.linger_s():  # backed up: wait for company (class docstring)
+                    await asyncio.sleep(linger)
                 batch, self._waiting = self._waiting, []
                 utilization, self._utilization = self._utilization, None
                 got = await self._permits(utilization, [account for account, _ in batch])
@@ -158,6 +157,14 @@ class QuotaLink:
                 if not waiter.done():  # its request was cancelled meanwhile: the slot goes unused
                     waiter.set_result(permit)
                 self._last_send_at = max(self._last_send_at, permit.send_at)
+
+    def linger_s(self) -> float:
+        """How long a call to the supervisor may wait for company now: ``LINGER_S`` while the
+        media's schedule is backed up (the class docstring), else 0. The answers of a fetch
+        exchange wait the same (ingest.supervision.exchange): a report slot freed 0.2 s later
+        starts its next report no later, since that report's first request waits for a slot
+        further ahead than that."""
+        return self.LINGER_S if self._last_send_at - time.time() >= self.LINGER_FROM_S else 0.0
 
     def on_usage(self, usage: Usage) -> None:
         self._utilization = max(self._utilization or 0.0, usage.utilization)

@@ -31,7 +31,7 @@ class _Method:
 
 class _Actor:
     def __init__(self, error: BaseException) -> None:
-        self.fetch = _Method(error)
+        self.exchange = _Method(error)
 
 
 def _fetch(error: BaseException) -> BaseException:
