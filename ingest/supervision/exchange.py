@@ -77,6 +77,8 @@ class SupervisorWindow:
         await asyncio.sleep(self.GATHER_S)
         self._sending = None
         work, self._outbox = self._outbox, []
+        if not work and (self._in_flight or not self._out()):
+            return  # a call already waits for the reports out there, or none is
         self._in_flight += 1
         self.calls += 1
         try:
@@ -94,8 +96,13 @@ class SupervisorWindow:
             waiting = self._futures.get(ticket)
             if waiting is not None and not waiting.done():  # gone: its slot was cancelled meanwhile
                 waiting.set_result(outcome)
-        if self._futures and self._in_flight == 0:
+        if self._in_flight == 0 and self._out():
             self._send_soon()  # reports are still out: a call must wait for them
+
+    def _out(self) -> bool:
+        """Whether a report handed out still waits for its outcome (answered ones leave
+        ``_futures`` only when their caller resumes)."""
+        return any(not f.done() for f in self._futures.values())
 
 
 class FetcherDesk:

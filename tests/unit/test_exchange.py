@@ -27,8 +27,10 @@ class _Wire:
     def __init__(self, desk: FetcherDesk) -> None:
         self.desk = desk
         self.calls: list[tuple[int, int]] = []  # (reports handed over, outcomes brought back)
+        self.started = 0
 
     async def exchange(self, work: list[Work]) -> list[Outcome]:
+        self.started += 1
         out = await self.desk.exchange(work)
         self.calls.append((len(work), len(out)))
         return out
@@ -64,6 +66,22 @@ def test_while_the_quota_is_backed_up_an_answer_waits_for_company() -> None:
 
     assert [back for _, back in asyncio.run(go(0.1)) if back] == [4]  # one answer carries all four
     assert len([back for _, back in asyncio.run(go(0.0)) if back]) >= 3  # without: one by one
+
+
+def test_no_call_is_left_waiting_once_every_report_is_answered() -> None:
+    async def run(key: ReportKey, attempt: int | None) -> ReportResult:
+        await asyncio.sleep(0.005 * key.day.day)
+        return _result(key)
+
+    async def go() -> _Wire:
+        wire = _Wire(FetcherDesk(run))
+        window = SupervisorWindow(wire.exchange)
+        await asyncio.gather(*(window.fetch(_key(i)) for i in range(6)))
+        await asyncio.sleep(0.05)
+        return wire
+
+    wire = asyncio.run(go())
+    assert wire.started == len(wire.calls), "a call still waits at the fetcher with nothing out"
 
 
 def test_a_report_handed_out_while_a_call_waits_starts_at_once() -> None:
