@@ -130,10 +130,6 @@ class FetcherDesk:
         ready, self._ready = self._ready, []
         return ready
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
