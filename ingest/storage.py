@@ -13,7 +13,7 @@ CSV would get the bytes it already has (its digest in the ledger, ``ReportKey.la
 not written again. Every name part is validated before it reaches a path (see ingest.config
 patterns).
 
-The google-cloud libraries are imported where an object is written, not here: a supervisor
+The google-cloud libraries are imported where a store is built, not here: a supervisor
 process reads these names but never writes, and would pay ≈0.1 s of CPU per night for them.
 """
 
@@ -78,24 +78,23 @@ class ReportStore:
     """Writes and reads report objects; translates GCS client errors into our taxonomy."""
 
     def __init__(self, client: storage.Client, bucket: str) -> None:
+        from google.api_core import exceptions  # see the module docstring
+
+        self._gexc = exceptions
         self.client = client
         self.bucket_name = bucket
         self.bucket = client.bucket(bucket)
 
     def ensure_bucket(self) -> None:
-        from google.api_core import exceptions as gexc
-
         try:
             self.client.create_bucket(self.bucket_name)
-        except gexc.Conflict:
+        except self._gexc.Conflict:
             pass
 
     def put(self, name: str, data: bytes, content_type: str) -> int:
-        from google.api_core import exceptions as gexc
-
         try:
             self.bucket.blob(name).upload_from_string(data, content_type=content_type)
-        except (gexc.ServerError, gexc.TooManyRequests, ConnectionError) as exc:
+        except (self._gexc.ServerError, self._gexc.TooManyRequests, ConnectionError) as exc:
             raise Transient(f"GCS write of {name} failed: {type(exc).__name__}") from None
         return len(data)
 
@@ -109,9 +108,7 @@ class ReportStore:
         return [b.name for b in self.client.list_blobs(self.bucket_name, prefix=prefix)]
 
     def delete(self, name: str) -> None:
-        from google.api_core import exceptions as gexc
-
         try:
             self.bucket.blob(name).delete()
-        except gexc.NotFound:
+        except self._gexc.NotFound:
             pass

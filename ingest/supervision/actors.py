@@ -80,7 +80,6 @@ class RayFetcher(FetcherHandle):
     replaced (a report failed as "unclassified" for a killed worker would be a lie)."""
 
     def __init__(self, actor: Any, pid: int, node_id: str = "") -> None:
-        self.actor = actor
         self.pid = pid
         self.node_id = node_id
         self.window = SupervisorWindow(actor.exchange.remote)  # several reports per call

@@ -129,10 +129,7 @@ def test_a_lost_call_fails_every_report_out_with_its_error() -> None:
     class Lost(Exception):
         pass
 
-    started = asyncio.Event()
-
     async def exchange(work: list[Work]) -> list[Outcome]:
-        started.set()
         await asyncio.sleep(0.02)
         raise Lost("the process died")
 
