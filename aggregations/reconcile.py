@@ -8,7 +8,7 @@ in the message, so an operator sees *where* rows were lost or doubled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -21,15 +21,32 @@ from aggregations.totals import Totals, differences
 from ingest.storage import ReportStore, partition_prefix
 
 
-def partition_csvs(store: ReportStore, media: str, day: date) -> list[str]:
-    return sorted(n for n in store.list(partition_prefix(media, day)) if n.endswith(".csv"))
+def partition_csvs(store: ReportStore, media: str, day: date) -> dict[str, str]:
+    """The partition's CSV objects, name → MD5 as GCS lists it, in name order (one listing)."""
+    listed = store.list_md5(partition_prefix(media, day))
+    return {n: listed[n] for n in sorted(listed) if n.endswith(".csv")}
 
 
-def csv_totals(store: ReportStore, names: Iterable[str]) -> Totals:
-    total = Totals()
-    for name in names:
+def csv_totals(store: ReportStore, listed: Mapping[str, str],
+               landed: Mapping[str, tuple[str, Totals]] | None = None) -> tuple[Totals, int]:
+    """Sum of the rows of the ``listed`` objects (name → MD5); how many had to be read.
+
+    An object whose MD5, computed by GCS from the bytes it holds, equals the one the ledger
+    recorded for the bytes a fetcher landed there (``landed``: name → (MD5, their totals)) holds
+    exactly those rows: it is counted from the ledger. Any other object — landed before MD5s were
+    recorded, rewritten by a failed re-fetch, changed or put there by hand — is read and parsed.
+    The CSV's own rows are still counted independently at the next hop, by BigQuery's load.
+    """
+    landed = landed or {}
+    total, read = Totals(), 0
+    for name, md5 in listed.items():
+        known = landed.get(name)
+        if md5 and known is not None and known[0] == md5:
+            total = total + known[1]
+            continue
         total = total + Totals.from_csv(store.get(name), source=f"gs://{store.bucket_name}/{name}")
-    return total
+        read += 1
+    return total, read
 
 
 def bq_totals(rows: Iterable[dict[str, Any]]) -> dict[date, dict[str, Totals]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -79,6 +79,8 @@ class Stage2Result:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: the account → advertiser table was rewritten (the config's accounts changed); else unchanged
     accounts_refreshed: bool = False
+    #: CSV objects downloaded to count their rows (the others matched the ledger's MD5: see csv_totals)
+    csv_objects_read: int = 0
 
     @property
     def bq_jobs(self) -> int:
@@ -134,12 +136,15 @@ def run_stage2(
     store: ReportStore | None = None,
     retry: RetrySettings | None = None,
     on_staged: StagedHook | None = None,
+    landed: Mapping[str, tuple[str, Totals]] | None = None,
 ) -> Stage2Result:
     """Load, aggregate, publish and reconcile ``partitions``; see the module docstring.
 
     ``fetched`` holds the totals of the rows the fetchers wrote for each partition (a missing
-    entry skips only the fetch→GCS comparison). ``retry`` governs BigQuery job retries and
-    publish retries after a lost RDB connection; ``on_staged`` is a test seam (see publish).
+    entry skips only the fetch→GCS comparison); ``landed`` the MD5 and totals of each CSV object
+    they wrote (``Ledger.fetched``): an object GCS lists with that MD5 is not downloaded again.
+    ``retry`` governs BigQuery job retries and publish retries after a lost RDB connection;
+    ``on_staged`` is a test seam (see publish).
     """
     parts = sorted(set(partitions))
     for media, day in parts:
@@ -154,7 +159,7 @@ def run_stage2(
     own_bq = bq is None
     bq = bq or bq_client(cfg.bigquery)
     try:
-        return _run(cfg, parts, run_id, fetched, bq, engine, store, retry, on_staged)
+        return _run(cfg, parts, run_id, fetched, bq, engine, store, retry, on_staged, landed or {})
     finally:
         if own_bq:
             bq.close()
@@ -170,10 +175,11 @@ def _run(
     store: ReportStore | None,
     retry: RetrySettings | None,
     on_staged: StagedHook | None,
+    landed: Mapping[str, tuple[str, Totals]],
 ) -> Stage2Result:
     """The six steps in order; each step is a method of ``_Stage2`` and records its time."""
     run = _Stage2(cfg, parts, run_id, bq, engine, store, retry, on_staged)
-    to_load = run.list_csvs()
+    to_load = run.list_csvs(landed)
     if not to_load or not run.setup(to_load):
         return run.out
     loaded = run.load(to_load)
@@ -227,23 +233,25 @@ class _Stage2:
             self.results[p].fail(message)
         self.log.warning("stage2.failed", partitions=[f"{m}/{d}" for m, d in which], error=message)
 
-    def list_csvs(self) -> list[Partition]:
-        """1. What is there to load? A partition without any CSV keeps its previous data."""
+    def list_csvs(self, landed: Mapping[str, tuple[str, Totals]]) -> list[Partition]:
+        """1. What is there to load, and its rows? A partition without any CSV keeps its previous
+        data. Objects that still hold what the ledger says was landed are not read back."""
         with self.step("list"):
             for p in self.parts:
                 media, day = p
                 try:
-                    names = partition_csvs(self.store, media, day)
-                    if not names:
+                    listed = partition_csvs(self.store, media, day)
+                    if not listed:
                         self.results[p].status = PartitionStatus.SKIPPED
                         self.results[p].detail = (
                             f"no CSV under gs://{self.cfg.gcs.bucket}/{partition_prefix(media, day)}: "
                             f"previous data kept"
                         )
                         continue
-                    self.results[p].csv_objects = len(names)
-                    self.csv_tot[p] = csv_totals(self.store, names)
-                    self.csv_names[p] = names
+                    self.results[p].csv_objects = len(listed)
+                    self.csv_tot[p], read = csv_totals(self.store, listed, landed)
+                    self.out.csv_objects_read += read
+                    self.csv_names[p] = list(listed)
                 except Exception as exc:  # noqa: BLE001
                     self.fail([p], f"read CSVs: {translate(exc, 'gcs')}")
         return [p for p in self.parts if p in self.csv_tot]
@@ -379,6 +387,7 @@ class _Stage2:
             failed=len(out.by_status(PartitionStatus.FAILED)),
             bq_jobs=out.bq_jobs,
             rows=out.published_rows,
+            csv_objects_read=out.csv_objects_read,
             durations_s={k: round(v, 3) for k, v in out.durations_s.items()},
         )
         return out

@@ -151,7 +151,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"\nstage 2 (nightly, bqemulator): {s2['bq_load_jobs']} load jobs + "
                      f"{s2['bq_query_jobs']} query jobs; "
                      f"load {s2['load_s_per_date']:.2f}s/date, aggregate {s2['aggregate_s_per_date']:.2f}s/date, "
-                     f"total {s2['seconds']:.1f}s")
+                     f"total {s2['seconds']:.1f}s; listing the CSVs {s2['durations_s'].get('list', 0):.2f}s, "
+                     f"{s2.get('csv_objects_read', 'all')} of them read back")
     for name in ("faults 10%", "faults 20%"):
         r = results.get(name, {})
         if "media" in r:
@@ -185,6 +186,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                          f"refetched: only changed days are written); fetchers' CPU "
                          f"{first['fetchers_cpu_ms_per_report_day']:.1f} vs "
                          f"{again['fetchers_cpu_ms_per_report_day']:.1f} ms per report-day")
+        if "csv_objects_read" in again:
+            lines.append(f"late data: stage 2 read back {first['csv_objects_read']} CSV objects on the first night "
+                         f"(listing {first['stage2_list_s']:.1f}s) and {again['csv_objects_read']} after the "
+                         f"restatement ({again['stage2_list_s']:.1f}s); the others matched the ledger's MD5")
     cpu = [(name, r) for name, r in results.items() if "our_cpu_ms_per_partition" in r
            and (name.startswith("scale") or name == "backfill")]
     if cpu:

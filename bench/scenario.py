@@ -225,7 +225,7 @@ def run_pipeline(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         s2 = report.stage2
         out["stage2"] = {"seconds": round(report.stage2_s, 2), "dates": len(dates), "partitions": len(s2.partitions),
                          "bq_load_jobs": s2.bq_load_jobs, "bq_query_jobs": s2.bq_query_jobs,
-                         "durations_s": s2.durations_s,
+                         "durations_s": s2.durations_s, "csv_objects_read": s2.csv_objects_read,
                          "load_s_per_date": round(s2.durations_s.get("load", 0) / len(dates), 3),
                          "aggregate_s_per_date": round(s2.durations_s.get("aggregate", 0) / len(dates), 3),
                          "failed_partitions": len(s2.by_status("failed"))}
@@ -321,7 +321,9 @@ def run_late(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     def stage(r: Any) -> dict[str, Any]:
         s2 = r.stage2
         return {"partitions_published": len(s2.partitions) if s2 else 0, "bq_load_jobs": s2.bq_load_jobs if s2 else 0,
-                "bq_query_jobs": s2.bq_query_jobs if s2 else 0, "stage2_s": round(r.stage2_s, 1)}
+                "bq_query_jobs": s2.bq_query_jobs if s2 else 0, "stage2_s": round(r.stage2_s, 1),
+                "csv_objects_read": s2.csv_objects_read if s2 else 0,
+                "stage2_list_s": round(s2.durations_s.get("list", 0.0), 2) if s2 else 0.0}
 
     return {
         "accounts": sum(accounts.values()), "outcomes": [baseline.outcome, first.outcome, second.outcome],

@@ -369,8 +369,9 @@ class NightlyJob:
             return None
         from aggregations.stage2 import run_stage2
 
-        result = run_stage2(self.cfg, partitions, run_id, self.ledger.fetched_totals(partitions),
-                            engine=self.engine, store=store)
+        fetched = self.ledger.fetched(partitions)
+        result = run_stage2(self.cfg, partitions, run_id, fetched.totals, engine=self.engine, store=store,
+                            landed=fetched.csvs)
         for (media, day), part in result.partitions.items():
             self.ledger.record_stage(run_id, media, day, part.status, part.rows_loaded, part.error or part.detail)
         return result

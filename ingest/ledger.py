@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.errors import IngestError
 from ingest.outcomes import PartitionStatus, RunCounts, RunOutcome, TaskStatus
+from ingest.storage import ReportPaths
 from ingest.tasks import DayResult, Event, ReportKey, Totals
 
 
@@ -78,6 +79,8 @@ report_tasks = sa.Table(
     sa.Column("revisions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_fetched_at", sa.DateTime(timezone=True)),
     sa.Column("last_changed_at", sa.DateTime(timezone=True)),
+    # migration 0005: MD5 of the landed CSV as GCS lists it (base64), so stage 2 need not read it back
+    sa.Column("csv_md5", sa.String(24)),
     sa.Index("ix_ingest_tasks_date_media", "date", "media"),
     sa.Index("ix_ingest_tasks_run", "run_id"),
 )
@@ -138,6 +141,15 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 #: stage 2 still owes these partitions a publish
 _NOT_PUBLISHED = (PartitionStatus.PENDING, PartitionStatus.FAILED)
+
+
+class Fetched(NamedTuple):
+    """What the fetchers landed for some partitions, as the ledger recorded it (``Ledger.fetched``)."""
+
+    #: (media, date) → the sums of its reports' last good fetch
+    totals: dict[tuple[str, date], Totals]
+    #: CSV object name → (its MD5 as GCS lists it, the sums of its rows)
+    csvs: dict[str, tuple[str, Totals]]
 
 
 class LockedError(IngestError):
@@ -450,7 +462,8 @@ class Ledger:
                "impressions": d.totals.impressions, "clicks": d.totals.clicks, "spend": d.totals.spend,
                "conversions": d.totals.conversions,
                "gcs_paths": json.dumps([paths[0], d.csv_path] if d.csv_path else list(paths)),
-               "duration_s": share.seconds, "content_hash": d.digest or None, "last_fetched_at": at}
+               "duration_s": share.seconds, "content_hash": d.digest or None, "csv_md5": d.md5 or None,
+               "last_fetched_at": at}
         if differs:
             row.update(revisions=revisions + 1, last_changed_at=at)
         landed[ref] = (d.digest or None, row.get("revisions", revisions))  # the same day again in this batch
@@ -471,25 +484,31 @@ class Ledger:
                 report_tasks.c.status == TaskStatus.PENDING,
             ).values(status=TaskStatus.RUNNING, started_at=now()))
 
-    def fetched_totals(self, partitions: Iterable[tuple[str, date]]) -> dict[tuple[str, date], Totals]:
-        """Per (media, date), the sums of each report's last *good* fetch: what reconciliation expects.
+    def fetched(self, partitions: Iterable[tuple[str, date]]) -> Fetched:
+        """Per (media, date), the sums of each report's last *good* fetch: what reconciliation
+        expects; and per CSV object, the MD5 and sums of the bytes that fetch landed.
 
         A report whose re-fetch failed keeps its earlier CSV in GCS (and its totals here), so
-        it still counts; a report that never succeeded has no CSV and no totals.
+        it still counts; a report that never succeeded has no CSV and no totals. A failed
+        re-fetch that rewrote the object anyway leaves it with another MD5: stage 2 reads it.
         """
-        out: dict[tuple[str, date], Totals] = {}
+        out = Fetched({}, {})
         parts = set(partitions)
         if not parts:
             return out
+        t = report_tasks
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(report_tasks).where(
-                report_tasks.c.rows.is_not(None), report_tasks.c.date.in_({d for _, d in parts}))).mappings().all()
-        for r in rows:
-            p = (r["media"], r["date"])
+            rows = conn.execute(sa.select(
+                t.c.media, t.c.account_id, t.c.date, t.c.rows, t.c.impressions, t.c.clicks, t.c.spend,
+                t.c.conversions, t.c.csv_md5,
+            ).where(t.c.rows.is_not(None), t.c.date.in_({d for _, d in parts}))).all()
+        for media, account, day, n, imps, clicks, spend, conv, md5 in rows:
+            p = (media, day)
             if p in parts:
-                t = Totals(r["rows"] or 0, r["impressions"] or 0, r["clicks"] or 0, Decimal(r["spend"] or 0),
-                           Decimal(r["conversions"] or 0))
-                out[p] = out.get(p, Totals()) + t
+                tot = Totals(n or 0, imps or 0, clicks or 0, Decimal(spend or 0), Decimal(conv or 0))
+                out.totals[p] = out.totals.get(p, Totals()) + tot
+                if md5:
+                    out.csvs[ReportPaths("", media, account, day).day_csv(day)] = (md5, tot)
         return out
 
     def task_rows(self, *, dates: Iterable[date] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:

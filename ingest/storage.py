@@ -19,6 +19,8 @@ process reads these names but never writes, and would pay ≈0.1 s of CPU per ni
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -74,6 +76,12 @@ def partition_csv_uri(bucket: str, media: str, day: date) -> str:
     return f"gs://{bucket}/{partition_prefix(media, day)}*.csv"
 
 
+def gcs_md5(data: bytes) -> str:
+    """MD5 of ``data`` in the form GCS lists an object's (``md5Hash``: base64 of the digest): a
+    change check, not a security one."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
 class ReportStore:
     """Writes and reads report objects; translates GCS client errors into our taxonomy."""
 
@@ -106,6 +114,12 @@ class ReportStore:
 
     def list(self, prefix: str) -> list[str]:
         return [b.name for b in self.client.list_blobs(self.bucket_name, prefix=prefix)]
+
+    def list_md5(self, prefix: str) -> dict[str, str]:
+        """Object name → its MD5 as GCS computed it on upload (``gcs_md5`` form; "" if GCS has
+        none, e.g. a composed object); the same single listing as ``list``."""
+        blobs = self.client.list_blobs(self.bucket_name, prefix=prefix, fields="items(name,md5Hash),nextPageToken")
+        return {b.name: b.md5_hash or "" for b in blobs}
 
     def delete(self, name: str) -> None:
         try:

@@ -56,6 +56,9 @@ class DayResult:
     #: sha256 of the day's CSV (rows sorted): equal digest = nothing to republish
     digest: str
     csv_path: str
+    #: MD5 of the same bytes, base64, as GCS lists the object (``md5Hash``): lets stage 2 count
+    #: the object from these totals instead of reading it back; "" = unknown
+    md5: str = ""
 
 
 @dataclass(frozen=True, slots=True)

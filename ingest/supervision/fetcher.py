@@ -26,7 +26,7 @@ from ingest.media.base import (ConnectorSettings, Connector, HttpSession, Reques
 from ingest.media.client_shards import ClientShards
 from ingest.media.registry import connector_class
 from ingest.media.tokens import AccessToken
-from ingest.storage import ReportPaths, ReportStore
+from ingest.storage import ReportPaths, ReportStore, gcs_md5
 from ingest.supervision.limiter import Permit, poll_interval
 from ingest.tasks import DayResult, ReportKey, ReportResult, Totals
 
@@ -250,7 +250,7 @@ class ReportFetcher:
             name, digest = paths.day_csv(day), hashlib.sha256(body).hexdigest()
             if digest != key.landed_digest(day):
                 csvs.append((name, body))
-            days.append(DayResult(day, Totals.from_rows(day_rows), digest, paths.uri(name)))
+            days.append(DayResult(day, Totals.from_rows(day_rows), digest, paths.uri(name), gcs_md5(body)))
         # every object of the report in one hop to a thread (each hop costs a wake-up of the loop)
         written = await asyncio.to_thread(self._land, paths.raw_json, session.raw_document(), csvs)
         return ReportResult(

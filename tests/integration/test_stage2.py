@@ -24,7 +24,7 @@ from ingest.clients import bq_client, gcs_client, rdb_engine
 from ingest.config import PipelineConfig, RetrySettings
 from ingest.errors import StageError
 from ingest.media.base import Row, rows_to_csv
-from ingest.storage import ReportPaths, ReportStore
+from ingest.storage import ReportPaths, ReportStore, gcs_md5
 
 D0, D1, D2 = date(2026, 1, 30), date(2026, 1, 31), date(2026, 2, 1)
 FAST = RetrySettings(max_attempts=3, backoff_min_s=0.01, backoff_max_s=0.05)
@@ -60,6 +60,7 @@ class Env:
         self.bq = bq_client(cfg.bigquery)
         self.engine = rdb_engine(cfg.database_url())
         self.fetched: dict[tuple[str, date], Totals] = {}
+        self.landed: dict[str, tuple[str, Totals]] = {}
         self.reports: dict[tuple[str, str, date], list[Row]] = {}
 
     def upload(self, day: date, only: str | None = None,
@@ -69,8 +70,9 @@ class Env:
         for (media, account), rows in data[day].items():
             if only and media != only:
                 continue
-            self.store.put(ReportPaths(self.cfg.gcs.bucket, media, account, day).day_csv(day), rows_to_csv(rows),
-                           "text/csv")
+            name, body = ReportPaths(self.cfg.gcs.bucket, media, account, day).day_csv(day), rows_to_csv(rows)
+            self.store.put(name, body, "text/csv")
+            self.landed[name] = (gcs_md5(body), Totals.from_rows(rows))
             self.reports[(media, account, day)] = rows
         self.fetched = {}
         for (media, _account, d), rows in self.reports.items():
@@ -78,6 +80,7 @@ class Env:
 
     def run(self, parts: list[tuple[str, date]], run_id: str = "run-1", **kw: Any) -> Stage2Result:
         kw.setdefault("retry", FAST)
+        kw.setdefault("landed", self.landed)
         return run_stage2(self.cfg, parts, run_id, kw.pop("fetched", self.fetched), bq=self.bq, engine=self.engine,
                           store=self.store, **kw)
 
@@ -264,6 +267,27 @@ def test_reconciliation_mismatch_fails_partition_with_numbers(env: Env) -> None:
     assert "rows: fetched=4 gcs=3" in meta.error and "spend: fetched=4100.26 gcs=4100.25" in meta.error
     assert res.partitions[("google_ads", D1)].status == "published"
     assert not res.ok
+
+
+def test_objects_holding_what_was_landed_are_not_read_back_and_others_are(env: Env) -> None:
+    """The GCS count of a partition comes from the ledger for an object whose MD5 (GCS's) is the
+    one recorded for the bytes landed there; any other object is downloaded and parsed, so one
+    changed behind the ledger's back still fails the partition with the numbers."""
+    env.upload(D1, only="meta")
+    res = env.run([("meta", D1)])
+    assert res.partitions[("meta", D1)].status == "published" and res.csv_objects_read == 0
+    unread = res.partitions[("meta", D1)].detail
+    res = env.run([("meta", D1)], run_id="run-2", landed={})  # landed before MD5s were recorded
+    assert res.partitions[("meta", D1)].status == "published" and res.csv_objects_read == 2
+    assert res.partitions[("meta", D1)].detail == unread
+
+    one_row = DATA[D1][("meta", "100200300")][:1]  # an object rewritten by hand: a row gone
+    env.store.put(ReportPaths(env.cfg.gcs.bucket, "meta", "100200300", D1).day_csv(D1), rows_to_csv(one_row),
+                  "text/csv")
+    res = env.run([("meta", D1)], run_id="run-3")
+    part = res.partitions[("meta", D1)]
+    assert res.csv_objects_read == 1 and part.status == "failed" and part.error is not None
+    assert "rows: fetched=3 gcs=2" in part.error
 
 
 def test_row_of_another_date_in_partition_is_caught(env: Env) -> None:

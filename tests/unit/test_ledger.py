@@ -234,3 +234,29 @@ def test_status_json_counts_states_attempts_errors_and_stage2(ledger: Ledger, ur
     assert "STAGE 2 FAILED: reconciliation: rows 8 != 7" in capsys.readouterr().out
     with ledger.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 2
+
+
+def test_fetched_gives_each_landed_csv_its_md5_and_totals(ledger: Ledger) -> None:
+    """What stage 2 needs not read back: each day a good fetch landed, by object name, with the MD5
+    of its bytes; a later failed re-fetch keeps the earlier MD5 and totals (the object is then read
+    if it was rewritten), a day landed without an MD5 (before migration 0005) is only summed."""
+    from ingest.tasks import DayResult
+
+    run = ledger.open_run("run", [D1], ["meta"])
+    a, b, old = ReportKey("meta", "1", D1), ReportKey("meta", "2", D1), ReportKey("meta", "3", D1)
+    ledger.plan(run, [a, b, old])
+    t1, t2 = Totals(2, 10, 1, Decimal("1.5"), Decimal("0")), Totals(1, 5, 0, Decimal("0"), Decimal("1"))
+
+    def done(key: ReportKey, t: Totals, md5: str) -> Event:
+        day = DayResult(D1, t, f"h{key.account}", f"gs://b/raw/meta/dt={D1}/{key.account}.csv", md5)
+        return Event("done", "meta", key, 1, result=ReportResult(key, t, 9, 1, ("raw.json",), 0.1, (day,)))
+
+    ledger.apply_many(run, [done(a, t1, "md5-a=="), done(b, t2, "md5-b=="), done(old, t2, "")])
+    run2 = ledger.open_run("run", [D1], ["meta"])
+    ledger.plan(run2, [b])
+    ledger.apply_many(run2, [Event("failed", "meta", b, 1, error_kind="transient", message="HTTP 503")])
+
+    got = ledger.fetched([("meta", D1), ("google_ads", D1)])
+    assert got.totals == {("meta", D1): t1 + t2 + t2}
+    assert got.csvs == {f"raw/meta/dt={D1}/1.csv": ("md5-a==", t1), f"raw/meta/dt={D1}/2.csv": ("md5-b==", t2)}
+    assert ledger.fetched([]) == ({}, {})
