@@ -125,6 +125,7 @@ class SupervisorActor:
         self._log_context = log_context
         self.fetchers: dict[int, RayFetcher] = {}
         self._incarnations: dict[int, int] = {}
+        self._replaced_calls = 0  # exchange calls of fetchers since replaced (for fetch_exchanges)
         deadline = None if deadline_epoch is None else time.monotonic() + (deadline_epoch - time.time())
         connector = connector_class(settings.connector)
         tokens = token_cache_for(media, settings.token_url or connector.token_url, connector.token_style, secrets)
@@ -142,6 +143,8 @@ class SupervisorActor:
         ).remote(*self._args, me, self._log_context)
         pid, node_id = await actor.ready.remote()
         handle = RayFetcher(actor, pid, node_id)
+        if (replaced := self.fetchers.get(index)) is not None:
+            self._replaced_calls += replaced.window.calls
         self.fetchers[index] = handle
         return handle
 
@@ -156,7 +159,7 @@ class SupervisorActor:
             yield batch
         # the Ray calls that carried the reports (several per call: ingest.supervision.exchange)
         log.info("fetch_exchanges", media=self.media, reports=len(keys),
-                 calls=sum(h.window.calls for h in self.fetchers.values()))
+                 calls=self._replaced_calls + sum(h.window.calls for h in self.fetchers.values()))
 
     async def permits(self, utilization: float | None, accounts: list[str | None]) -> list[Permit]:
         return await self.core.permits(utilization, accounts)
