@@ -48,6 +48,8 @@ def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republishe
             assert mart_totals(sqlite_url, day) == expected_totals(cfg, day), day
         assert len(night1.stage2.partitions) == len(MEDIA) * (LOOKBACK + 1)
         assert night1.stage2.bq_load_jobs == len(MEDIA)  # one load per media table, whatever the window
+        # GCS lists every CSV the fetchers landed with the MD5 they recorded: none is read back
+        assert night1.stage2.csv_objects_read == 0
 
         written1 = csv_generations(cfg)
 
@@ -67,6 +69,7 @@ def test_late_conversions_reach_their_date_and_unchanged_days_are_not_republishe
         # republished: the new date and the restated one; the other window days were refetched unchanged
         assert sorted(night2.stage2.partitions) == \
             sorted((m, d) for m in MEDIA for d in (late_day, D + timedelta(days=1)))
+        assert night2.stage2.csv_objects_read == 0  # the restated day's new objects carry their new MD5
         for day in (D - timedelta(days=2), D):
             assert mart_totals(sqlite_url, day) == expected_totals(cfg, day)
 
