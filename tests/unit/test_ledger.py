@@ -260,3 +260,32 @@ def test_fetched_gives_each_landed_csv_its_md5_and_totals(ledger: Ledger) -> Non
     assert got.totals == {("meta", D1): t1 + t2 + t2}
     assert got.csvs == {f"raw/meta/dt={D1}/1.csv": ("md5-a==", t1), f"raw/meta/dt={D1}/2.csv": ("md5-b==", t2)}
     assert ledger.fetched([]) == ({}, {})
+
+
+def test_a_ledger_of_an_earlier_version_upgrades_and_its_days_are_summed_without_md5(url: str) -> None:
+    """Migration 0005 on a ledger with landed days: they keep their sums and get no MD5, so
+    stage 2 reads their objects back (``Ledger.fetched`` lists no CSV for them)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from ingest.ledger import MIGRATIONS, report_tasks
+
+    engine = sa.create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        conn.execute(sa.text(
+            "INSERT INTO ingest_report_tasks (media, account_id, date, run_id, status, attempts, rows, impressions,"
+            " clicks, spend, conversions, content_hash, revisions) VALUES ('meta', '1', :d, 'old', 'done', 1, 2, 10,"
+            " 1, 1.5, 0, 'sha', 1)"), {"d": D1})
+    ledger = Ledger(engine)
+    assert ledger.schema_behind() is not None
+    ledger.migrate()
+    assert ledger.schema_behind() is None
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(report_tasks.c.csv_md5, report_tasks.c.content_hash)).all() == [(None, "sha")]
+    got = ledger.fetched([("meta", D1)])
+    assert got.totals == {("meta", D1): Totals(2, 10, 1, Decimal("1.5"), Decimal("0"))} and got.csvs == {}
+    engine.dispose()
