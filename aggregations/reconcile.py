@@ -9,6 +9,7 @@ in the message, so an operator sees *where* rows were lost or doubled.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -27,26 +28,82 @@ def partition_csvs(store: ReportStore, media: str, day: date) -> dict[str, str]:
     return {n: listed[n] for n in sorted(listed) if n.endswith(".csv")}
 
 
-def csv_totals(store: ReportStore, listed: Mapping[str, str],
-               landed: Mapping[str, tuple[str, Totals]] | None = None) -> tuple[Totals, int]:
-    """Sum of the rows of the ``listed`` objects (name → MD5); how many had to be read.
+def split_landed(listed: Mapping[str, str],
+                 landed: Mapping[str, tuple[str, Totals]] | None = None) -> tuple[Totals, list[str]]:
+    """The rows of the ``listed`` objects (name → MD5) known without reading them, and the
+    objects that must be read.
 
     An object whose MD5, computed by GCS from the bytes it holds, equals the one the ledger
     recorded for the bytes a fetcher landed there (``landed``: name → (MD5, their totals)) holds
     exactly those rows: it is counted from the ledger. Any other object — landed before MD5s were
-    recorded, rewritten by a failed re-fetch, changed or put there by hand — is read and parsed.
-    The CSV's own rows are still counted independently at the next hop, by BigQuery's load.
+    recorded, rewritten by a failed re-fetch, changed or put there by hand — must be read and
+    parsed. The CSV's own rows are still counted independently at the next hop, by BigQuery's load.
     """
     landed = landed or {}
-    total, read = Totals(), 0
+    known, unread = Totals(), []
     for name, md5 in listed.items():
-        known = landed.get(name)
-        if md5 and known is not None and known[0] == md5:
-            total = total + known[1]
-            continue
-        total = total + Totals.from_csv(store.get(name), source=f"gs://{store.bucket_name}/{name}")
-        read += 1
-    return total, read
+        hit = landed.get(name)
+        if md5 and hit is not None and hit[0] == md5:
+            known = known + hit[1]
+        else:
+            unread.append(name)
+    return known, unread
+
+
+def read_totals(store: ReportStore, name: str) -> Totals:
+    """The rows of one CSV object, downloaded and parsed."""
+    return Totals.from_csv(store.get(name), source=f"gs://{store.bucket_name}/{name}")
+
+
+#: GCS listings and downloads in flight at once: each is a round trip (tens of ms on GCS), a
+#: night with a 30-day refetch window lists ~90 partitions, and after an upgrade — or whenever
+#: MD5s do not match — every object of them is downloaded
+GCS_THREADS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionCsvs:
+    """A partition's CSV objects (name order) and the sum of their rows; ``read``: how many were
+    downloaded to count them."""
+
+    names: list[str]
+    totals: Totals
+    read: int
+
+
+def count_partitions(store: ReportStore, parts: Iterable[tuple[str, date]],
+                     landed: Mapping[str, tuple[str, Totals]] | None = None,
+                     threads: int = GCS_THREADS) -> dict[tuple[str, date], PartitionCsvs | Exception]:
+    """Each partition's CSVs and rows (``split_landed``), or what failed for it: every listing
+    first, then every download, ``threads`` round trips at a time."""
+    out: dict[tuple[str, date], PartitionCsvs | Exception] = {}
+    with ThreadPoolExecutor(threads, thread_name_prefix="gcs-count") as pool:
+        listings = {p: pool.submit(partition_csvs, store, *p) for p in parts}
+        unread: list[tuple[tuple[str, date], str]] = []
+        known: dict[tuple[str, date], tuple[list[str], Totals]] = {}
+        for p, listing in listings.items():
+            try:
+                listed = listing.result()
+            except Exception as exc:  # noqa: BLE001 - the partition fails with it, the others go on
+                out[p] = exc
+                continue
+            totals, names = split_landed(listed, landed)
+            known[p] = (list(listed), totals)
+            unread.extend((p, name) for name in names)
+        reads = [(p, pool.submit(read_totals, store, name)) for p, name in unread]
+        counted: dict[tuple[str, date], int] = {}
+        for p, read in reads:
+            try:
+                got = read.result()
+            except Exception as exc:  # noqa: BLE001
+                out.setdefault(p, exc)  # the first unreadable object names the partition's failure
+                continue
+            names, totals = known[p]
+            known[p] = (names, totals + got)
+            counted[p] = counted.get(p, 0) + 1
+    for p, (names, totals) in known.items():
+        out.setdefault(p, PartitionCsvs(names, totals, counted.get(p, 0)))
+    return {p: out[p] for p in listings}
 
 
 def bq_totals(rows: Iterable[dict[str, Any]]) -> dict[date, dict[str, Totals]]:

@@ -34,7 +34,7 @@ from google.cloud import bigquery
 from aggregations.bq import BigQueryStage, translate
 from aggregations.mart import create_mart, mart_daily_advertiser, mart_daily_campaign, mart_mtd_advertiser_media
 from aggregations.publish import Publisher, StagedHook
-from aggregations.reconcile import bq_totals, csv_totals, mart_totals, partition_csvs, reconcile
+from aggregations.reconcile import bq_totals, count_partitions, mart_totals, reconcile
 from aggregations.totals import Totals
 from ingest.clients import bq_client, gcs_client, rdb_engine
 from ingest.config import PipelineConfig, RetrySettings, check_name
@@ -79,7 +79,7 @@ class Stage2Result:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: the account → advertiser table was rewritten (the config's accounts changed); else unchanged
     accounts_refreshed: bool = False
-    #: CSV objects downloaded to count their rows (the others matched the ledger's MD5: see csv_totals)
+    #: CSV objects downloaded to count their rows (the others matched the ledger's MD5: see split_landed)
     csv_objects_read: int = 0
 
     @property
@@ -235,25 +235,20 @@ class _Stage2:
 
     def list_csvs(self, landed: Mapping[str, tuple[str, Totals]]) -> list[Partition]:
         """1. What is there to load, and its rows? A partition without any CSV keeps its previous
-        data. Objects that still hold what the ledger says was landed are not read back."""
+        data. Objects that still hold what the ledger says was landed are not read back
+        (``count_partitions``: listings and downloads several round trips at a time)."""
         with self.step("list"):
-            for p in self.parts:
-                media, day = p
-                try:
-                    listed = partition_csvs(self.store, media, day)
-                    if not listed:
-                        self.results[p].status = PartitionStatus.SKIPPED
-                        self.results[p].detail = (
-                            f"no CSV under gs://{self.cfg.gcs.bucket}/{partition_prefix(media, day)}: "
-                            f"previous data kept"
-                        )
-                        continue
-                    self.results[p].csv_objects = len(listed)
-                    self.csv_tot[p], read = csv_totals(self.store, listed, landed)
-                    self.out.csv_objects_read += read
-                    self.csv_names[p] = list(listed)
-                except Exception as exc:  # noqa: BLE001
-                    self.fail([p], f"read CSVs: {translate(exc, 'gcs')}")
+            for p, got in count_partitions(self.store, self.parts, landed).items():
+                if isinstance(got, Exception):
+                    self.fail([p], f"read CSVs: {translate(got, 'gcs')}")
+                elif not got.names:
+                    self.results[p].status = PartitionStatus.SKIPPED
+                    self.results[p].detail = (f"no CSV under gs://{self.cfg.gcs.bucket}/"
+                                              f"{partition_prefix(*p)}: previous data kept")
+                else:
+                    self.results[p].csv_objects = len(got.names)
+                    self.csv_tot[p], self.csv_names[p] = got.totals, got.names
+                    self.out.csv_objects_read += got.read
         return [p for p in self.parts if p in self.csv_tot]
 
     def setup(self, to_load: list[Partition]) -> bool:

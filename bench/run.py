@@ -84,6 +84,10 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
             "media": {"google_ads": {"accounts": max(4, int(300 * k)), "quota_rps": 1000, "concurrency": 64,
                                      "fetchers": 2 * workers}},
         }))
+    # stage 2's listings and downloads at a GCS round trip, one at a time vs several (see bench/gcs_latency.py)
+    out.append(("gcs latency", {"kind": "gcs", "partitions": 30, "objects": max(5, int(50 * k)), "delay_ms": 20,
+                                "latency_ms": 0, "jitter_ms": 0, "fault_rate": 0.0, "faults": FAULTS,
+                                "media": {"meta": {"accounts": 1, "quota_rps": 10}}}))
     pg = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     out.append(("publish", {"kind": "publish", "database_url": pg, "rows": int(1_000_000 * k)}))
     return out
@@ -209,6 +213,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                         for w, r in nodes)
         lines.append(f"cluster (fake multi-node autoscaler, {nodes[0][1]['reports']} Google Ads reports, "
                      f"generous quota, throughput first→last report landed): {per}")
+    gcs = results.get("gcs latency", {})
+    if "md5_known_1_s" in gcs:
+        t = gcs["threads"]
+        lines.append(f"stage 2 step 1 at {gcs['delay_ms']:.0f} ms per GCS round trip ({gcs['partitions']} partitions, "
+                     f"{gcs['objects']} CSVs): MD5s known (listings only) {gcs['md5_known_1_s']:.2f}s one at a time, "
+                     f"{gcs[f'md5_known_{t}_s']:.2f}s {t} at a time; none known (every CSV read back) "
+                     f"{gcs['none_known_1_s']:.2f}s vs {gcs[f'none_known_{t}_s']:.2f}s")
     pub = results.get("publish", {})
     if "rows" in pub:
         ratio = pub["publish_rows_per_s"] / pub["copy_rows_per_s"]

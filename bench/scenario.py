@@ -396,6 +396,12 @@ def run_publish(spec: dict[str, Any], _workdir: Path) -> dict[str, Any]:
     return bench_publish(spec["database_url"], rows=spec["rows"]).as_dict()
 
 
+def run_gcs(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from bench.gcs_latency import run_gcs_latency
+
+    return run_gcs_latency(build_config(spec, workdir), spec["partitions"], spec["objects"], spec["delay_ms"] / 1000)
+
+
 def main() -> None:
     import tempfile
 
@@ -403,7 +409,7 @@ def main() -> None:
     kind = spec["kind"]
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
         result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish,
-                  "late": run_late, "cluster": run_cluster}[kind](spec, Path(tmp))
+                  "late": run_late, "cluster": run_cluster, "gcs": run_gcs}[kind](spec, Path(tmp))
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 

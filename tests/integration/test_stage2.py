@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from aggregations.bq import BigQueryStage
 from aggregations.mart import mart_daily_advertiser, mart_daily_campaign, mart_mtd_advertiser_media
 from aggregations.publish import Publisher
+from aggregations.reconcile import PartitionCsvs, count_partitions
 from aggregations.stage2 import Stage2Result, run_stage2
 from aggregations.totals import Totals
 from ingest.clients import bq_client, gcs_client, rdb_engine
 from ingest.config import PipelineConfig, RetrySettings
-from ingest.errors import StageError
+from ingest.errors import DataError, StageError
 from ingest.media.base import Row, rows_to_csv
 from ingest.storage import ReportPaths, ReportStore, gcs_md5
 
@@ -288,6 +289,25 @@ def test_objects_holding_what_was_landed_are_not_read_back_and_others_are(env: E
     part = res.partitions[("meta", D1)]
     assert res.csv_objects_read == 1 and part.status == "failed" and part.error is not None
     assert "rows: fetched=3 gcs=2" in part.error
+
+
+def test_partitions_are_counted_several_at_a_time_and_a_bad_object_fails_only_its_own(env: Env) -> None:
+    env.upload(D1)
+    env.upload(D2)
+    bad = ReportPaths(env.cfg.gcs.bucket, "meta", "100200302", D2).day_csv(D2)
+    env.store.put(bad, b"not,a,report\n1,2,3\n", "text/csv")
+    parts = [("meta", D1), ("google_ads", D1), ("meta", D2), ("yahoo_ads", D1)]
+    meta_d1 = sorted(n for n in env.landed if "/meta/dt=2026-01-31/" in n)
+    for threads in (1, 8):
+        got = count_partitions(env.store, parts, env.landed, threads=threads)
+        assert list(got) == parts
+        assert got[("meta", D1)] == PartitionCsvs(meta_d1, env.fetched[("meta", D1)], 0)
+        assert got[("google_ads", D1)] == PartitionCsvs([n for n in env.landed if "/google_ads/dt=2026-01-31/" in n],
+                                                        env.fetched[("google_ads", D1)], 0)
+        assert isinstance(got[("meta", D2)], DataError) and "unexpected CSV header" in str(got[("meta", D2)])
+        assert got[("yahoo_ads", D1)] == PartitionCsvs([], Totals(), 0)
+        unknown = count_partitions(env.store, [("meta", D1)], {}, threads=threads)[("meta", D1)]
+        assert unknown == PartitionCsvs(meta_d1, env.fetched[("meta", D1)], 2)  # nothing known: both read
 
 
 def test_row_of_another_date_in_partition_is_caught(env: Env) -> None:
