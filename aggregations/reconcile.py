@@ -80,7 +80,6 @@ def count_partitions(store: ReportStore, parts: Iterable[tuple[str, date]],
     with ThreadPoolExecutor(threads, thread_name_prefix="gcs-count") as pool:
         listings = {p: pool.submit(partition_csvs, store, *p) for p in parts}
         unread: list[tuple[tuple[str, date], str]] = []
-        known: dict[tuple[str, date], tuple[list[str], Totals]] = {}
         for p, listing in listings.items():
             try:
                 listed = listing.result()
@@ -88,22 +87,18 @@ def count_partitions(store: ReportStore, parts: Iterable[tuple[str, date]],
                 out[p] = exc
                 continue
             totals, names = split_landed(listed, landed)
-            known[p] = (list(listed), totals)
+            out[p] = PartitionCsvs(list(listed), totals, 0)
             unread.extend((p, name) for name in names)
-        reads = [(p, pool.submit(read_totals, store, name)) for p, name in unread]
-        counted: dict[tuple[str, date], int] = {}
-        for p, read in reads:
+        for p, read in [(p, pool.submit(read_totals, store, name)) for p, name in unread]:
             try:
                 got = read.result()
             except Exception as exc:  # noqa: BLE001
-                out.setdefault(p, exc)  # the first unreadable object names the partition's failure
+                if not isinstance(out[p], Exception):  # the first unreadable object names the failure
+                    out[p] = exc
                 continue
-            names, totals = known[p]
-            known[p] = (names, totals + got)
-            counted[p] = counted.get(p, 0) + 1
-    for p, (names, totals) in known.items():
-        out.setdefault(p, PartitionCsvs(names, totals, counted.get(p, 0)))
-    return {p: out[p] for p in listings}
+            if isinstance(so_far := out[p], PartitionCsvs):
+                out[p] = PartitionCsvs(so_far.names, so_far.totals + got, so_far.read + 1)
+    return out
 
 
 def bq_totals(rows: Iterable[dict[str, Any]]) -> dict[date, dict[str, Totals]]:
