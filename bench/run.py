@@ -84,6 +84,12 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
             "media": {"google_ads": {"accounts": max(4, int(300 * k)), "quota_rps": 1000, "concurrency": 64,
                                      "fetchers": 2 * workers}},
         }))
+    # what issue 17's CPU goals stand on: a report's library work without Ray, and Ray's own cost
+    # for a night's six actors (bench/floor.py)
+    out.append(("floor", {"kind": "floor", "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS,
+                          "reports": max(40, int(400 * k)), "concurrency": 8, "actors": 2 * len(MEDIA),
+                          "hold_s": 20 if not quick else 3,
+                          "media": {m: {"accounts": 100, "quota_rps": 1000} for m in MEDIA}}))
     # stage 2's listings and downloads at a GCS round trip, one at a time vs several (see bench/gcs_latency.py)
     out.append(("gcs latency", {"kind": "gcs", "partitions": 30, "objects": max(5, int(50 * k)), "delay_ms": 20,
                                 "latency_ms": 0, "jitter_ms": 0, "fault_rate": 0.0, "faults": FAULTS,
@@ -201,6 +207,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                         f"ms/partition ({r['reports']} reports, {r['partitions']} partitions)" for name, r in cpu)
         lines.append(f"CPU of our processes (fetchers + supervisors + driver; goal ≤ 5 ms/report): {per}")
     lines.extend(cpu_split(results))
+    lines.extend(floor_lines(results))
     scale = results.get("scale", {})
     if "cpu_s_by_process" in scale:
         cpu = ", ".join(f"{k} {v:.0f}s" for k, v in scale["cpu_s_by_process"].items())
@@ -253,6 +260,42 @@ def cpu_split(results: dict[str, dict[str, Any]]) -> list[str]:
     if "our_cpu_ms_per_report" in small and "our_cpu_ms_per_report" in full and full["reports"] > small["reports"]:
         out.append(f"CPU of our processes per further report at generous quotas (scale beyond scale ¼): "
                    f"{_per_further_report_ms(full, small):.1f} ms")
+    return out
+
+
+def floor_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """What the CPU goals stand on (bench/floor.py): a night of the nightly's size cannot cost
+    our processes less than Ray's own cost for its six actors plus each report's work measured
+    in one process without Ray; and 20,000 reports cannot finish within 2 × the bound when the
+    emulators and simulators alone use more core-seconds than that leaves on this machine."""
+    out = []
+    floor, nightly = results.get("floor", {}), results.get("nightly", {})
+    if "ray" in floor and "library" in floor:
+        ray, lib = floor["ray"], floor["library"]
+        each = ", ".join(f"{m} {r['cpu_ms_per_report']:.1f} ms ({r['requests_per_report']:.0f} "
+                         f"request{'s' if r['requests_per_report'] > 1 else ''})" for m, r in lib.items())
+        mix = sum(r["cpu_ms_per_report"] for r in lib.values()) / len(lib)  # the nightly has as many of each
+        line = (f"floor under the CPU goal (bench/floor.py): a report fetched and landed in one process without "
+                f"Ray (its requests, 2 GCS uploads, parsing, the CSV): {each}; {mix:.1f} ms for the nightly's mix "
+                f"(goal ≤ 5). Ray alone: {ray['actors']} bare actors {ray['startup_cpu_s']:.2f}s start-up and "
+                f"{ray['idle_cpu_per_s'] * 1000:.1f} ms/s idle each, the driver's ray.init "
+                f"{ray['driver_init_cpu_s']:.2f}s")
+        if "wall_s" in nightly and nightly.get("reports"):
+            idle = ray["idle_cpu_per_s"] * nightly["wall_s"]
+            night = ray["driver_init_cpu_s"] + ray["actors"] * (ray["startup_cpu_s"] + idle)
+            least = night * 1000 / nightly["reports"] + mix
+            line += (f" = {night:.1f}s over the nightly's {nightly['wall_s']:.0f}s; so the nightly's "
+                     f"{nightly['reports']} reports cannot cost less than {least:.1f} ms/report here "
+                     f"(measured {nightly['our_cpu_ms_per_report']:.1f})")
+        out.append(line)
+    scale = results.get("scale", {})
+    if "cpu_s_by_process" in scale and "bound_s" in scale:
+        cores = os.cpu_count() or 1
+        budget = 2 * scale["bound_s"] * cores
+        rig = sum(v for k, v in scale["cpu_s_by_process"].items() if k in ("fake-gcs-server", "simulators"))
+        out.append(f"floor under 20,000 reports within 2 × the bound: that is {budget:.1f} core-s on {cores} "
+                   f"cores, and the emulators and simulators alone used {rig:.0f} core-s of the scale run "
+                   f"({'more than' if rig > budget else 'within'} it, before any of ours)")
     return out
 
 

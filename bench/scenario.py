@@ -402,6 +402,16 @@ def run_gcs(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return run_gcs_latency(build_config(spec, workdir), spec["partitions"], spec["objects"], spec["delay_ms"] / 1000)
 
 
+def run_floor(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from bench.floor import ray_floor, report_floor
+
+    ray = ray_floor(spec["actors"], spec["hold_s"])  # first: its driver figure includes importing Ray
+    configure_sims(spec)
+    cfg = build_config(spec, workdir)
+    return {"ray": ray, "library": {m: report_floor(cfg, m, spec["reports"], spec["concurrency"])
+                                    for m in spec["media"]}}
+
+
 def main() -> None:
     import tempfile
 
@@ -409,7 +419,7 @@ def main() -> None:
     kind = spec["kind"]
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
         result = {"pipeline": run_pipeline, "naive": run_naive, "publish": run_publish,
-                  "late": run_late, "cluster": run_cluster, "gcs": run_gcs}[kind](spec, Path(tmp))
+                  "late": run_late, "cluster": run_cluster, "gcs": run_gcs, "floor": run_floor}[kind](spec, Path(tmp))
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 
