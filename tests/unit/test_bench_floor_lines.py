@@ -21,14 +21,17 @@ def test_floor_is_rays_night_plus_each_reports_library_work() -> None:
     assert "cannot cost less than 11.7 ms/report here (measured 20.0)" in line
 
 
-def test_twenty_thousand_line_compares_the_rigs_core_seconds_with_twice_the_bound() -> None:
+def test_twenty_thousand_line_adds_the_rigs_core_seconds_to_the_reports_floor() -> None:
     cores = os.cpu_count() or 1
-    scale = {"bound_s": 10.0, "cpu_s_by_process": {"fetchers": 500.0, "fake-gcs-server": 10.0 * cores,
-                                                   "simulators": 31.0 * cores}}
+    scale = {"bound_s": 10.0, "reports": 20_000, "wall_over_bound": 8.0,
+             "cpu_s_by_process": {"fetchers": 500.0, "fake-gcs-server": 30.0, "simulators": 10.0}}
     [line] = floor_lines({"scale": scale})
-    assert f"{20.0 * cores:.1f} core-s on {cores} cores" in line and "more than it" in line
-    scale["cpu_s_by_process"]["simulators"] = 1.0
-    assert "within it" in floor_lines({"scale": scale})[0]
+    assert f"that is {20.0 * cores:.1f} core-s on {cores} cores" in line and "alone used 40 of the scale run" in line
+    library = {"meta": {"cpu_ms_per_report": 4.0, "requests_per_report": 1.0},
+               "yahoo_ads": {"cpu_ms_per_report": 6.0, "requests_per_report": 3.0}}
+    line = floor_lines({"scale": scale, "floor": {"library": library}})[0]
+    # 20,000 reports × 5 ms = 100 core-s; (40 + 100) core-s over the cores, against the 10 s bound
+    assert "would use 100 more" in line and f"at least {140 / cores / 10:.1f} × the bound here (measured 8.0 ×)" in line
 
 
 def test_no_line_without_the_runs_it_needs() -> None:
