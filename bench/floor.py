@@ -116,7 +116,6 @@ def ray_floor(actors: int, hold_s: float) -> dict[str, Any]:
         held = [_cpu_s(pid) for pid in pids]
     finally:
         ray.shutdown()
-    startup = started
     idle = [(h - s) / hold_s for h, s in zip(held, started, strict=True)]
     return {"actors": actors, "hold_s": hold_s, "driver_init_cpu_s": round(driver_init, 2),
-            "startup_cpu_s": round(sum(startup) / actors, 3), "idle_cpu_per_s": round(sum(idle) / actors, 4)}
+            "startup_cpu_s": round(sum(started) / actors, 3), "idle_cpu_per_s": round(sum(idle) / actors, 4)}

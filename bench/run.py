@@ -84,8 +84,8 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any]]]:
             "media": {"google_ads": {"accounts": max(4, int(300 * k)), "quota_rps": 1000, "concurrency": 64,
                                      "fetchers": 2 * workers}},
         }))
-    # what issue 17's CPU goals stand on: a report's library work without Ray, and Ray's own cost
-    # for a night's six actors (bench/floor.py)
+    # what issue 17's CPU goals stand on: a report fetched in one process without Ray, and Ray's
+    # own cost for a night's six actors (bench/floor.py)
     out.append(("floor", {"kind": "floor", "latency_ms": 20, "jitter_ms": 5, "fault_rate": 0.0, "faults": FAULTS,
                           "reports": max(40, int(400 * k)), "concurrency": 8, "actors": 2 * len(MEDIA),
                           "hold_s": 20 if not quick else 3,
@@ -266,8 +266,9 @@ def cpu_split(results: dict[str, dict[str, Any]]) -> list[str]:
 def floor_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     """What the CPU goals stand on (bench/floor.py): a night of the nightly's size cannot cost
     our processes less than Ray's own cost for its six actors plus each report's work measured
-    in one process without Ray; and 20,000 reports cannot finish within 2 × the bound when the
-    emulators and simulators alone use more core-seconds than that leaves on this machine."""
+    in one process without Ray; and 20,000 reports cannot finish faster than the emulators'
+    and simulators' core-seconds plus those reports' work in one process allow on this machine's
+    cores (2 × the bound is the goal)."""
     out = []
     floor, nightly = results.get("floor", {}), results.get("nightly", {})
     if "ray" in floor and "library" in floor:
