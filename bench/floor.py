@@ -25,13 +25,9 @@ import os
 import resource
 import time
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
-
-def _cpu_s(pid: int | str = "self") -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench.procs import _cpu_s
 
 
 def _self_cpu_s() -> float:
@@ -104,12 +100,12 @@ def ray_floor(actors: int, hold_s: float) -> dict[str, Any]:
     class Bare:
         """An async actor with nothing of ours in it (ours are async too)."""
 
-        async def cpu(self) -> tuple[int, float]:
-            return os.getpid(), _cpu_s()
+        async def pid(self) -> int:
+            return os.getpid()
 
     try:
         handles = [Bare.remote() for _ in range(actors)]  # type: ignore[attr-defined]
-        pids = [pid for pid, _ in ray.get([h.cpu.remote() for h in handles])]
+        pids = ray.get([h.pid.remote() for h in handles])
         time.sleep(SETTLE_S)  # a worker's start-up goes on for a while after its first call
         started = [_cpu_s(pid) for pid in pids]
         time.sleep(hold_s)

@@ -271,11 +271,13 @@ def floor_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     cores (2 × the bound is the goal)."""
     out = []
     floor, nightly = results.get("floor", {}), results.get("nightly", {})
-    if "ray" in floor and "library" in floor:
-        ray, lib = floor["ray"], floor["library"]
+    lib = floor.get("library", {})
+    # a report of the nightly's and the scale run's mix: both have as many reports of each media
+    mix = sum(r["cpu_ms_per_report"] for r in lib.values()) / len(lib) if lib else None
+    if "ray" in floor and mix is not None:
+        ray = floor["ray"]
         each = ", ".join(f"{m} {r['cpu_ms_per_report']:.1f} ms ({r['requests_per_report']:.0f} "
                          f"request{'s' if r['requests_per_report'] > 1 else ''})" for m, r in lib.items())
-        mix = sum(r["cpu_ms_per_report"] for r in lib.values()) / len(lib)  # the nightly has as many of each
         line = (f"floor under the CPU goal (bench/floor.py): a report fetched and landed in one process without "
                 f"Ray (its requests, 2 GCS uploads, parsing, the CSV): {each}; {mix:.1f} ms for the nightly's mix "
                 f"(goal ≤ 5). Ray alone: {ray['actors']} bare actors {ray['startup_cpu_s']:.2f}s start-up and "
@@ -296,9 +298,8 @@ def floor_lines(results: dict[str, dict[str, Any]]) -> list[str]:
         rig = sum(v for k, v in scale["cpu_s_by_process"].items() if k in ("fake-gcs-server", "simulators"))
         line = (f"floor under 20,000 reports within 2 × the bound: that is {budget:.1f} core-s on {cores} cores "
                 f"for everything; the emulators and simulators alone used {rig:.0f} of the scale run")
-        if "library" in floor:  # the scale run has as many reports of each media as the nightly
-            lib = floor["library"]
-            ours = sum(r["cpu_ms_per_report"] for r in lib.values()) / len(lib) * scale["reports"] / 1000
+        if mix is not None:
+            ours = mix * scale["reports"] / 1000
             line += (f", and its {scale['reports']} reports fetched in one process without Ray would use {ours:.0f} "
                      f"more: at least {(rig + ours) / cores / scale['bound_s']:.1f} × the bound here "
                      f"(measured {scale['wall_over_bound']:.1f} ×)")
